@@ -1,0 +1,3 @@
+from leadflow_exporter.cli import main
+
+raise SystemExit(main())
