@@ -1,0 +1,267 @@
+"""The History Report API client: auth, paging, the rate budget, retries."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import aiohttp
+import structlog
+
+from leadflow_exporter import __version__
+from leadflow_exporter.clock import Clock
+from leadflow_exporter.config import ApiConfig
+from leadflow_exporter.health import Health
+from leadflow_exporter.ratebudget import RateBudget
+from leadflow_exporter.records import CallRecord, EnvelopeError, decode_page
+from leadflow_exporter.timeutil import CallDateParser, zone
+
+log = structlog.get_logger("leadflow_exporter.client")
+
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_CAP_SECONDS = 30.0
+RETRY_AFTER_CAP_SECONDS = 300.0
+ERROR_BODY_CHARS = 300
+
+
+class QueryFailed(Exception):
+    """A query gave up; `reason` is a short, bounded label value."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+@dataclass
+class QueryResult:
+    records: list[CallRecord] = field(default_factory=list)
+    raw_count: int = 0
+    pages: int = 0
+    invalid: Counter[str] = field(default_factory=Counter)
+    bad_values: Counter[str] = field(default_factory=Counter)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One logical query; `kind` is the `query` label: history, active or sid."""
+
+    kind: str
+    params: dict[str, str]
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, detail: str, retry_after: float | None = None) -> None:
+        self.reason = reason
+        self.detail = detail
+        self.retry_after = retry_after
+        super().__init__(detail)
+
+
+def parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, when.timestamp() - now)
+
+
+class LeadFlowClient:
+    def __init__(
+        self,
+        api: ApiConfig,
+        session: aiohttp.ClientSession,
+        budget: RateBudget,
+        clock: Clock,
+        health: Health,
+        extra_labels: tuple[str, ...] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        self.api = api
+        self._session = session
+        self._budget = budget
+        self._clock = clock
+        self._health = health
+        self._extra_labels = extra_labels
+        self._rng = rng or random.Random()
+        self._tz = zone(api.timezone)
+        self._dates = CallDateParser(self._tz)
+        self._secrets = [
+            s.reveal()
+            for s in (api.access_key, api.secret_access_key, api.rate_limit_key)
+            if s.reveal()
+        ]
+        self._headers = {
+            "Authorization": f"{api.access_key.reveal()}:{api.secret_access_key.reveal()}",
+            "x-api-key": api.rate_limit_key.reveal(),
+            "Accept": "application/json",
+            "Content-Type": "application/json",
+            "User-Agent": f"leadflow-exporter/{__version__}",
+        }
+
+    # -- query building -------------------------------------------------------------------
+
+    def api_date(self, epoch: float) -> str:
+        """A date parameter as wall-clock time in the configured zone, ISO-8601 without offset.
+
+        The reference documents naive dates read as Eastern time, and does not say whether an
+        offset is understood; naive local time is the form both sides agree on.
+        """
+        local = datetime.fromtimestamp(int(epoch), UTC).astimezone(self._tz)
+        return local.replace(tzinfo=None).isoformat(timespec="seconds")
+
+    def window_query(
+        self, kind: str, start: float, end: float, active: bool, set_id: int | None
+    ) -> Query:
+        params = {
+            "start_date": self.api_date(start),
+            "end_date": self.api_date(end),
+            "active": "1" if active else "0",
+        }
+        if set_id is not None:
+            params["set_id"] = str(set_id)
+        return Query(kind, params)
+
+    def sid_query(self, sid: str) -> Query:
+        return Query("sid", {"sid": sid})
+
+    # -- fetching --------------------------------------------------------------------------
+
+    async def fetch(self, query: Query) -> QueryResult:
+        """Every page of a query. Raises QueryFailed when a page cannot be had."""
+        result = QueryResult()
+        page_size = self.api.page_size
+        first_sid: str | None = None
+        for page_number in range(1, self.api.max_pages + 1):
+            params = dict(query.params)
+            if query.kind != "sid":
+                params["page"] = str(page_number)
+                params["page_size"] = str(page_size)
+            page = await self._get_page(query.kind, params)
+            result.pages += 1
+            if page_number > 1 and page.records and page.records[0].sid == first_sid:
+                # The API ignored `page` and sent the first page again: all there is was read.
+                break
+            if page_number == 1 and page.records:
+                first_sid = page.records[0].sid
+            result.records.extend(page.records)
+            result.raw_count += page.size
+            result.invalid.update(page.invalid)
+            result.bad_values.update(page.bad_values)
+            # A page longer than asked for means page_size was ignored and everything came back.
+            if query.kind == "sid" or page.size != page_size:
+                return result
+        raise QueryFailed(
+            "page_cap",
+            f"{query.kind} query still had full pages after {self.api.max_pages} pages",
+        )
+
+    async def _get_page(self, kind: str, params: dict[str, str]) -> Any:
+        attempts = self.api.max_retries + 1
+        for attempt in range(1, attempts + 1):
+            await self._budget.acquire()
+            try:
+                return await self._request(kind, params)
+            except _Retryable as exc:
+                self._health.api_errors[(kind, exc.reason)] += 1
+                if exc.retry_after is not None:
+                    self._budget.pause(min(exc.retry_after, RETRY_AFTER_CAP_SECONDS))
+                if attempt == attempts:
+                    log.warning("api_query_failed", query=kind, reason=exc.reason,
+                                detail=exc.detail, attempts=attempt)
+                    raise QueryFailed(exc.reason, exc.detail) from None
+                delay = self._backoff(attempt)
+                log.info("api_retry", query=kind, reason=exc.reason, detail=exc.detail,
+                         attempt=attempt, delay_seconds=round(delay, 2),
+                         retry_after=exc.retry_after)
+                await self._clock.sleep(delay)
+            except QueryFailed as exc:
+                self._health.api_errors[(kind, exc.reason)] += 1
+                log.warning("api_query_failed", query=kind, reason=exc.reason,
+                            detail=exc.detail, attempts=attempt)
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _backoff(self, attempt: int) -> float:
+        # Full jitter: spreads retries of several exporters sharing one key.
+        ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    async def _request(self, kind: str, params: dict[str, str]) -> Any:
+        timeout = aiohttp.ClientTimeout(total=self.api.timeout_seconds)
+        try:
+            async with self._session.get(
+                self.api.base_url, params=params, headers=self._headers, timeout=timeout,
+                allow_redirects=False,
+            ) as response:
+                body = await response.read()
+                status = response.status
+                retry_after_header = response.headers.get("Retry-After")
+        except TimeoutError:
+            self._health.api_requests[(kind, "timeout")] += 1
+            raise _Retryable(
+                "timeout", f"no complete answer within {self.api.timeout_seconds:g}s"
+            ) from None
+        except aiohttp.ClientPayloadError as exc:
+            self._health.api_requests[(kind, "error")] += 1
+            raise _Retryable("truncated_body", self._scrub(str(exc))) from None
+        except aiohttp.ClientError as exc:
+            self._health.api_requests[(kind, "error")] += 1
+            raise _Retryable("connection", self._scrub(f"{type(exc).__name__}: {exc}")) from None
+        self._health.api_requests[(kind, str(status))] += 1
+        if status == 200:
+            try:
+                # Decoding a large page takes milliseconds; keep the event loop serving scrapes.
+                if len(body) > 256 * 1024:
+                    return await asyncio.to_thread(
+                        decode_page, body, self._dates, self._extra_labels
+                    )
+                return decode_page(body, self._dates, self._extra_labels)
+            except EnvelopeError as exc:
+                raise _Retryable("bad_envelope", str(exc)) from None
+        detail = f"HTTP {status}: {self._error_text(body)}"
+        if status == 429:
+            retry_after = parse_retry_after(retry_after_header, self._clock.now())
+            raise _Retryable("rate_limited", detail, retry_after)
+        if status >= 500:
+            raise _Retryable("server_error", detail)
+        if status in (401, 403):
+            raise QueryFailed("unauthorized", detail)
+        if status == 408:
+            raise _Retryable("timeout", detail)
+        raise QueryFailed("bad_request" if status == 400 else "client_error", detail)
+
+    def _error_text(self, body: bytes) -> str:
+        text = body[:4096].decode("utf-8", "replace")
+        try:
+            import json
+
+            parsed = json.loads(text)
+            if isinstance(parsed, dict):
+                for key in ("error", "message", "errorMessage", "detail"):
+                    if parsed.get(key):
+                        text = str(parsed[key])
+                        break
+        except ValueError:
+            pass
+        text = " ".join(text.split())
+        return self._scrub(text)[:ERROR_BODY_CHARS] or "(empty body)"
+
+    def _scrub(self, text: str) -> str:
+        """Remove any credential an error body or exception might echo back."""
+        for secret in self._secrets:
+            text = text.replace(secret, "<redacted>")
+        return text

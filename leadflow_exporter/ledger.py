@@ -1,0 +1,403 @@
+"""Which calls were counted, and the running totals they add up to.
+
+A poll cycle stages its records in a `CycleBatch`; `Ledger.commit` writes the batch, the new
+totals and the watermark to the store in one transaction and only then makes them visible.
+A crash before the commit leaves the previous cycle's state, so nothing is lost or doubled:
+the next cycle reads the same window again and the seen-sid set decides what is new.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any, Protocol
+
+from leadflow_exporter.health import Health
+from leadflow_exporter.records import MONEY_SCALE, CallRecord
+
+STATUSES = ("connected", "affiliate_cap", "no_buyer", "hang_up")
+TALK_BUCKETS = (10.0, 30.0, 60.0, 90.0, 120.0, 180.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0)
+BUCKET_SECONDS = 3600
+EXPIRY_MARGIN_SECONDS = 3600.0
+
+
+def bucket_of(call_ts: float) -> int:
+    return int(call_ts // BUCKET_SECONDS)
+
+
+@dataclass
+class SetTotals:
+    """Running totals of one LeadFlow set. Money is in 1/10000 USD, exact."""
+
+    talk_seconds: float = 0.0
+    call_seconds: float = 0.0
+    revenue: int = 0
+    payout: int = 0
+    margin: int = 0
+    qualified_offer: int = 0
+    qualified_affiliate: int = 0
+    reroute: int = 0
+    repeat_affiliate_caller: int = 0
+    contested: int = 0
+    last_call_ts: float = 0.0
+    talk_buckets: list[int] = field(default_factory=lambda: [0] * (len(TALK_BUCKETS) + 1))
+
+    def add_call(self, record: CallRecord) -> None:
+        self.talk_seconds += record.talk_seconds
+        self.call_seconds += record.total_seconds
+        self.revenue += record.offer_price
+        self.payout += record.affiliate_price
+        self.margin += record.margin
+        self.qualified_offer += record.offer_qualified
+        self.qualified_affiliate += record.affiliate_qualified
+        self.reroute += record.reroute
+        self.repeat_affiliate_caller += record.repeat_affiliate_caller
+        self.contested += record.contested
+        talk = record.talk_seconds
+        index = len(TALK_BUCKETS)
+        for i, bound in enumerate(TALK_BUCKETS):
+            if talk <= bound:
+                index = i
+                break
+        self.talk_buckets[index] += 1
+
+    def merge(self, other: SetTotals) -> None:
+        for f in fields(self):
+            if f.name == "talk_buckets":
+                self.talk_buckets = [a + b for a, b in zip(self.talk_buckets,
+                                                           other.talk_buckets, strict=True)]
+            elif f.name == "last_call_ts":
+                self.last_call_ts = max(self.last_call_ts, other.last_call_ts)
+            else:
+                setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def copy(self) -> SetTotals:
+        clone = SetTotals(**{f.name: getattr(self, f.name) for f in fields(self)})
+        clone.talk_buckets = list(self.talk_buckets)
+        return clone
+
+    @property
+    def talk_count(self) -> int:
+        return sum(self.talk_buckets)
+
+    def to_json(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SetTotals:
+        known = {f.name for f in fields(cls)}
+        totals = cls(**{k: v for k, v in data.items() if k in known})
+        if len(totals.talk_buckets) != len(TALK_BUCKETS) + 1:
+            raise ValueError("talk_buckets does not match this version's histogram buckets")
+        return totals
+
+    @staticmethod
+    def usd(value: int) -> float:
+        return value / MONEY_SCALE
+
+
+@dataclass
+class Totals:
+    """Everything the business metrics show. Small: one entry per series."""
+
+    calls: dict[tuple[str, ...], int] = field(default_factory=dict)
+    sets: dict[str, SetTotals] = field(default_factory=dict)
+
+    def copy(self) -> Totals:
+        return Totals(dict(self.calls), {k: v.copy() for k, v in self.sets.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "calls": [[*key, count] for key, count in self.calls.items()],
+            "sets": {name: t.to_json() for name, t in self.sets.items()},
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], label_count: int) -> Totals:
+        calls: dict[tuple[str, ...], int] = {}
+        for row in data.get("calls", []):
+            key = tuple(str(v) for v in row[:-1])
+            if len(key) != label_count:
+                raise ValueError(
+                    "saved totals have different labels than metrics.extra_labels now"
+                )
+            calls[key] = int(row[-1])
+        sets = {name: SetTotals.from_json(t) for name, t in data.get("sets", {}).items()}
+        return cls(calls, sets)
+
+
+@dataclass
+class FollowedCall:
+    """A call seen in progress, followed until it shows up finished."""
+
+    sid: str
+    sid_key: int
+    set_name: str
+    call_ts: float
+    first_seen: float
+    last_active: float
+
+
+@dataclass
+class Snapshot:
+    """What a store holds between runs."""
+
+    totals: Totals
+    seen: dict[int, set[int]]
+    followed: dict[str, FollowedCall]
+    watermark: float | None
+    extra_labels: tuple[str, ...]
+
+
+class Store(Protocol):
+    def load(self, extra_labels: tuple[str, ...]) -> Snapshot | None: ...
+
+    def write_cycle(
+        self,
+        *,
+        totals: Totals,
+        new_seen: dict[int, set[int]],
+        expire_before_bucket: int,
+        followed: dict[str, FollowedCall],
+        watermark: float | None,
+    ) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MemoryStore:
+    """State that lives as long as the process (`state.path: ""`)."""
+
+    def load(self, extra_labels: tuple[str, ...]) -> Snapshot | None:
+        return None
+
+    def write_cycle(self, **_: Any) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass
+class CycleBatch:
+    """One cycle's staged changes; invisible until committed."""
+
+    new_seen: dict[int, set[int]] = field(default_factory=dict)
+    calls: Counter[tuple[str, ...]] = field(default_factory=Counter)
+    sets: dict[str, SetTotals] = field(default_factory=dict)
+    counted: int = 0
+    baseline: int = 0
+    duplicates: int = 0
+    new_call_series: int = 0
+    new_sets: int = 0
+
+
+class Ledger:
+    def __init__(
+        self,
+        store: Store,
+        health: Health,
+        *,
+        extra_labels: tuple[str, ...] = (),
+        max_series_per_metric: int = 5000,
+        retention_seconds: float = 14400.0 + 900.0,
+    ) -> None:
+        self.store = store
+        self.health = health
+        self.extra_labels = extra_labels
+        self.max_series = max_series_per_metric
+        self.retention_seconds = retention_seconds + EXPIRY_MARGIN_SECONDS
+        self.totals = Totals()
+        self.seen: dict[int, set[int]] = {}
+        self.followed: dict[str, FollowedCall] = {}
+        self.watermark: float | None = None
+        self.active: dict[str, int] = {}
+        snapshot = store.load(extra_labels)
+        if snapshot is not None:
+            self.totals = snapshot.totals
+            self.seen = snapshot.seen
+            self.followed = snapshot.followed
+            self.watermark = snapshot.watermark
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def has_baseline(self) -> bool:
+        """False until a first window was read: then calls are recorded, not counted."""
+        return self.watermark is not None
+
+    def tracked(self) -> int:
+        return sum(len(s) for s in self.seen.values())
+
+    def is_seen(self, sid_key: int, call_ts: float, batch: CycleBatch | None = None) -> bool:
+        bucket = bucket_of(call_ts)
+        seen = self.seen.get(bucket)
+        if seen is not None and sid_key in seen:
+            return True
+        if batch is not None:
+            staged = batch.new_seen.get(bucket)
+            return staged is not None and sid_key in staged
+        return False
+
+    # -- staging ---------------------------------------------------------------------------
+
+    def add(self, batch: CycleBatch, records: Iterable[CallRecord], *, count: bool) -> None:
+        """Stage finished calls; each sid is counted at most once, ever."""
+        seen = self.seen
+        new_seen = batch.new_seen
+        for record in records:
+            bucket = int(record.call_ts // BUCKET_SECONDS)
+            key = record.sid_key
+            known = seen.get(bucket)
+            if known is not None and key in known:
+                batch.duplicates += 1
+                continue
+            staged = new_seen.get(bucket)
+            if staged is None:
+                staged = new_seen[bucket] = set()
+            elif key in staged:
+                batch.duplicates += 1
+                continue
+            staged.add(key)
+            if count:
+                self._count(batch, record)
+            else:
+                batch.baseline += 1
+                totals = self._set_totals(batch, record.set_name)
+                if totals is not None and record.call_ts > totals.last_call_ts:
+                    totals.last_call_ts = record.call_ts
+                self._call_series(batch, record)
+
+    def _set_totals(self, batch: CycleBatch, set_name: str) -> SetTotals | None:
+        totals = batch.sets.get(set_name)
+        if totals is None:
+            if set_name not in self.totals.sets:
+                if len(self.totals.sets) + batch.new_sets >= self.max_series:
+                    for metric in PER_SET_METRICS:
+                        self.health.series_dropped[metric] += 1
+                    return None
+                batch.new_sets += 1
+            totals = batch.sets[set_name] = SetTotals()
+        return totals
+
+    def _count(self, batch: CycleBatch, record: CallRecord) -> None:
+        batch.counted += 1
+        totals = self._set_totals(batch, record.set_name)
+        if totals is not None:
+            totals.add_call(record)
+            if record.call_ts > totals.last_call_ts:
+                totals.last_call_ts = record.call_ts
+        key = self._call_series(batch, record)
+        if key is not None:
+            batch.calls[key] += 1
+
+    def _call_series(self, batch: CycleBatch, record: CallRecord) -> tuple[str, ...] | None:
+        """The record's leadflow_calls_total series, created (with its siblings at 0) if new.
+
+        None when the metric is at its series cap: the call is then left out of this metric
+        and the drop is counted.
+        """
+        extra = tuple(record.extra[name] for name in self.extra_labels)
+        key = (record.set_name, record.lead_status, *extra)
+        if key in batch.calls or key in self.totals.calls:
+            return key
+        missing = [
+            series
+            for series in dict.fromkeys(
+                (record.set_name, status, *extra) for status in (record.lead_status, *STATUSES)
+            )
+            if series not in batch.calls and series not in self.totals.calls
+        ]
+        room = self.max_series - len(self.totals.calls) - batch.new_call_series
+        if room <= 0:
+            self.health.series_dropped["leadflow_calls_total"] += 1
+            return None
+        for series in missing[:room]:
+            batch.calls[series] += 0
+        batch.new_call_series += min(room, len(missing))
+        return key
+
+    # -- committing ------------------------------------------------------------------------
+
+    def commit(
+        self,
+        batch: CycleBatch,
+        *,
+        watermark: float | None,
+        followed: dict[str, FollowedCall],
+        active: dict[str, int] | None,
+    ) -> None:
+        """Persist the cycle in one transaction, then make it visible."""
+        totals = self.totals.copy()
+        for key, delta in batch.calls.items():
+            totals.calls[key] = totals.calls.get(key, 0) + delta
+        for name, delta_totals in batch.sets.items():
+            existing = totals.sets.get(name)
+            if existing is None:
+                totals.sets[name] = delta_totals
+            else:
+                existing.merge(delta_totals)
+        new_watermark = watermark if watermark is not None else self.watermark
+        horizon = self._expiry_bucket(new_watermark)
+        followed = {
+            sid: call for sid, call in followed.items()
+            if not self.is_seen(call.sid_key, call.call_ts, batch)
+        }
+        self.store.write_cycle(
+            totals=totals,
+            new_seen=batch.new_seen,
+            expire_before_bucket=horizon,
+            followed=followed,
+            watermark=new_watermark,
+        )
+        self.totals = totals
+        for bucket, keys in batch.new_seen.items():
+            existing_keys = self.seen.get(bucket)
+            if existing_keys is None:
+                self.seen[bucket] = keys
+            else:
+                existing_keys.update(keys)
+        for bucket in [b for b in self.seen if b < horizon]:
+            del self.seen[bucket]
+        self.followed = followed
+        self.watermark = new_watermark
+        if active is not None:
+            self.active = active
+
+    def _expiry_bucket(self, watermark: float | None) -> int:
+        if watermark is None:
+            return -(2**62)
+        return bucket_of(watermark - self.retention_seconds)
+
+    def close(self) -> None:
+        self.store.close()
+
+
+PER_SET_METRICS = (
+    "leadflow_talk_seconds_total",
+    "leadflow_call_seconds_total",
+    "leadflow_talk_duration_seconds",
+    "leadflow_offer_revenue_usd_total",
+    "leadflow_affiliate_payout_usd_total",
+    "leadflow_margin_usd",
+    "leadflow_qualified_calls_total",
+    "leadflow_repeat_calls_total",
+    "leadflow_contested_calls_total",
+    "leadflow_last_call_timestamp_seconds",
+)
+
+__all__ = [
+    "PER_SET_METRICS",
+    "STATUSES",
+    "TALK_BUCKETS",
+    "CycleBatch",
+    "FollowedCall",
+    "Ledger",
+    "MemoryStore",
+    "SetTotals",
+    "Snapshot",
+    "Store",
+    "Totals",
+    "bucket_of",
+]

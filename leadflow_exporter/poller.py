@@ -1,0 +1,250 @@
+"""The poll loop: history windows, live calls, and follow-ups for calls that left the live list."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from leadflow_exporter.client import LeadFlowClient, QueryFailed, QueryResult
+from leadflow_exporter.clock import Clock
+from leadflow_exporter.config import PollConfig
+from leadflow_exporter.health import Health
+from leadflow_exporter.ledger import CycleBatch, FollowedCall, Ledger
+from leadflow_exporter.timeutil import SEVEN_DAYS, slices
+
+log = structlog.get_logger("leadflow_exporter.poller")
+
+
+@dataclass
+class CycleReport:
+    ok: bool = True
+    counted: int = 0
+    baseline: int = 0
+    duplicates: int = 0
+    records: Counter[str] = field(default_factory=Counter)
+    invalid: Counter[str] = field(default_factory=Counter)
+    followups: int = 0
+    abandoned: int = 0
+    errors: list[str] = field(default_factory=list)
+    watermark: float | None = None
+
+
+class Poller:
+    def __init__(
+        self,
+        poll: PollConfig,
+        client: LeadFlowClient,
+        ledger: Ledger,
+        health: Health,
+        clock: Clock,
+        *,
+        requests_per_minute: int,
+        on_cycle: Callable[[], None] | None = None,
+    ) -> None:
+        self.poll = poll
+        self.client = client
+        self.ledger = ledger
+        self.health = health
+        self.clock = clock
+        self.on_cycle = on_cycle
+        # Follow-ups must not starve the next cycle's history query of the rate budget.
+        self.max_followups = max(1, requests_per_minute // 3)
+        self._set_ids: tuple[int | None, ...] = poll.set_ids or (None,)
+
+    # -- one cycle ---------------------------------------------------------------------------
+
+    async def run_cycle(self) -> CycleReport:
+        start_mono = self.clock.monotonic()
+        now = self.clock.now()
+        report = CycleReport()
+        batch = CycleBatch()
+        followed = dict(self.ledger.followed)
+        active_counts: dict[str, int] | None = None
+        active_sids: set[str] = set()
+
+        if self.poll.active:
+            active_counts, active_sids = await self._poll_active(now, followed, report)
+
+        counting = self.ledger.has_baseline
+        watermark = await self._poll_history(now, batch, report, count=counting)
+
+        if active_counts is not None:
+            await self._follow_up(now, followed, active_sids, batch, report)
+
+        self.ledger.commit(batch, watermark=watermark, followed=followed, active=active_counts)
+        report.counted = batch.counted
+        report.baseline = batch.baseline
+        report.duplicates = batch.duplicates
+        report.watermark = self.ledger.watermark
+
+        duration = self.clock.monotonic() - start_mono
+        health = self.health
+        health.cycles += 1
+        health.last_cycle_ok = report.ok
+        health.last_cycle_end = self.clock.now()
+        health.last_cycle_duration = duration
+        health.last_cycle_error = "; ".join(report.errors)
+        if report.ok:
+            health.ready = True
+        log.info(
+            "poll_cycle",
+            ok=report.ok,
+            duration_seconds=round(duration, 3),
+            counted=report.counted,
+            baseline=report.baseline,
+            duplicates=report.duplicates,
+            records=dict(report.records),
+            invalid=dict(report.invalid),
+            followups=report.followups,
+            abandoned=report.abandoned,
+            tracked=self.ledger.tracked(),
+            followed=len(self.ledger.followed),
+            errors=report.errors or None,
+        )
+        return report
+
+    async def _run_query(
+        self, kind: str, run: Callable[[], object], report: CycleReport
+    ) -> QueryResult | None:
+        status = self.health.queries[kind]
+        started = self.clock.monotonic()
+        status.last_attempt = self.clock.now()
+        try:
+            result: QueryResult = await run()  # type: ignore[misc]
+        except QueryFailed as exc:
+            status.ok = False
+            status.last_error = exc.reason
+            status.last_duration = self.clock.monotonic() - started
+            report.ok = False
+            report.errors.append(f"{kind}: {exc.reason}")
+            return None
+        status.ok = True
+        status.last_error = ""
+        status.last_success = self.clock.now()
+        status.last_duration = self.clock.monotonic() - started
+        status.last_records = result.raw_count
+        self.health.records[kind] += result.raw_count
+        self.health.invalid_records.update(result.invalid)
+        self.health.invalid_values.update(result.bad_values)
+        report.records[kind] += result.raw_count
+        report.invalid.update(result.invalid)
+        return result
+
+    async def _poll_active(
+        self, now: float, followed: dict[str, FollowedCall], report: CycleReport
+    ) -> tuple[dict[str, int] | None, set[str]]:
+        counts: Counter[str] = Counter()
+        sids: set[str] = set()
+        results: list[QueryResult] = []
+        for set_id in self._set_ids:
+            query = self.client.window_query(
+                "active", now - self.poll.max_call_seconds, now + 60, True, set_id
+            )
+            result = await self._run_query("active", lambda q=query: self.client.fetch(q), report)
+            if result is None:
+                return None, set()
+            results.append(result)
+        for result in results:
+            for record in result.records:
+                if record.sid in sids:
+                    continue
+                sids.add(record.sid)
+                counts[record.set_name] += 1
+                call = followed.get(record.sid)
+                if call is None:
+                    followed[record.sid] = FollowedCall(
+                        record.sid, record.sid_key, record.set_name, record.call_ts, now, now
+                    )
+                else:
+                    call.last_active = now
+        # Sets seen before but idle now must read 0, not keep their last count.
+        for name in self.ledger.totals.sets:
+            counts.setdefault(name, 0)
+        return dict(counts), sids
+
+    async def _poll_history(
+        self, now: float, batch: CycleBatch, report: CycleReport, *, count: bool
+    ) -> float | None:
+        """Read [watermark - overlap, now]; returns how far it read without a gap."""
+        watermark = self.ledger.watermark
+        start = (watermark if watermark is not None else now) - self.poll.overlap_seconds
+        reached: float | None = None
+        for slice_start, slice_end in slices(start, now, SEVEN_DAYS):
+            for set_id in self._set_ids:
+                query = self.client.window_query("history", slice_start, slice_end, False, set_id)
+                result = await self._run_query(
+                    "history", lambda q=query: self.client.fetch(q), report
+                )
+                if result is None:
+                    return reached
+                self.ledger.add(batch, result.records, count=count)
+            # Everything up to slice_end was read: the next window may start from here.
+            reached = slice_end
+        return reached
+
+    async def _follow_up(
+        self,
+        now: float,
+        followed: dict[str, FollowedCall],
+        active_sids: set[str],
+        batch: CycleBatch,
+        report: CycleReport,
+    ) -> None:
+        window_start = (self.ledger.watermark or now) - self.poll.overlap_seconds
+        due: list[FollowedCall] = []
+        for sid, call in list(followed.items()):
+            if sid in active_sids or self.ledger.is_seen(call.sid_key, call.call_ts, batch):
+                continue
+            if now - call.call_ts > self.poll.max_call_seconds + self.poll.overlap_seconds:
+                # Never showed up finished within the longest call we follow: give up on it.
+                del followed[sid]
+                self.health.followups_abandoned += 1
+                report.abandoned += 1
+                log.warning("followup_abandoned", set_name=call.set_name,
+                            age_seconds=round(now - call.call_ts))
+                continue
+            # A call still inside the history window shows up there once finished; a sid query
+            # is needed only for calls that started before the window, or that went missing
+            # from both lists for longer than a cycle.
+            missing_for = now - call.last_active
+            if call.call_ts < window_start or missing_for > 2 * self.poll.interval_seconds:
+                due.append(call)
+        due.sort(key=lambda c: c.call_ts)
+        for call in due[: self.max_followups]:
+            query = self.client.sid_query(call.sid)
+            result = await self._run_query("sid", lambda q=query: self.client.fetch(q), report)
+            if result is None:
+                continue
+            report.followups += 1
+            records = [r for r in result.records if r.sid == call.sid]
+            self.ledger.add(batch, records, count=True)
+
+    # -- the loop --------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Poll every interval until `stop` is set; a failing cycle never ends the loop."""
+        while not stop.is_set():
+            started = self.clock.monotonic()
+            try:
+                await self.run_cycle()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Keep serving the last good totals; the next cycle re-reads the same window.
+                self.health.last_cycle_ok = False
+                self.health.last_cycle_error = f"internal: {type(exc).__name__}"
+                log.exception("poll_cycle_crashed")
+            if self.on_cycle is not None:
+                try:
+                    self.on_cycle()
+                except Exception:
+                    log.exception("render_failed")
+            delay = self.poll.interval_seconds - (self.clock.monotonic() - started)
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=delay)
