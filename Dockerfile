@@ -7,7 +7,8 @@
 # The builder stage turns the source tree into a wheel and installs it, with every
 # dependency pinned, into a virtualenv at $VIRTUAL_ENV; the final stage copies only that
 # virtualenv. tests/test_image_install.py runs this stage's RUN lines verbatim (with
-# $VIRTUAL_ENV and $WHEEL_DIR pointing into a temporary folder) to prove they work.
+# $BUILD_VENV, $WHEEL_DIR and $VIRTUAL_ENV pointing into a temporary folder) to prove
+# they work, so those RUN lines name no absolute path except through these variables.
 
 ARG PYTHON_IMAGE=python:3.11.14-slim-bookworm
 
@@ -15,23 +16,23 @@ FROM ${PYTHON_IMAGE} AS builder
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    VIRTUAL_ENV=/opt/venv \
-    WHEEL_DIR=/tmp/wheels
+    BUILD_VENV=/tmp/buildenv \
+    WHEEL_DIR=/tmp/wheels \
+    VIRTUAL_ENV=/opt/venv
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY leadflow_exporter ./leadflow_exporter
 
-# Build the project wheel with pinned build tools (no build isolation: nothing unpinned
-# is fetched).
-RUN python -m venv /tmp/buildenv \
- && /tmp/buildenv/bin/pip install --no-cache-dir setuptools==80.9.0 wheel==0.45.1 \
- && /tmp/buildenv/bin/pip wheel --no-cache-dir --no-deps --no-build-isolation \
-        --wheel-dir "${WHEEL_DIR}" .
-
-# Install the wheel into the runtime virtualenv. Every runtime dependency is pinned here
-# (binary wheels only: the slim image has no compiler); pip check proves the set is whole.
-RUN python -m venv "${VIRTUAL_ENV}" \
+# 1. Build the project wheel with pinned build tools (no build isolation: nothing
+#    unpinned is fetched).
+# 2. Install it into the runtime virtualenv with every runtime dependency pinned (binary
+#    wheels only: the slim image has no compiler); pip check proves the set is whole.
+RUN python -m venv "${BUILD_VENV}" \
+ && "${BUILD_VENV}/bin/pip" install --no-cache-dir setuptools==80.9.0 wheel==0.45.1 \
+ && "${BUILD_VENV}/bin/pip" wheel --no-cache-dir --no-deps --no-build-isolation \
+        --wheel-dir "${WHEEL_DIR}" . \
+ && python -m venv "${VIRTUAL_ENV}" \
  && "${VIRTUAL_ENV}/bin/pip" install --no-cache-dir --only-binary=:all: \
         "${WHEEL_DIR}"/leadflow_exporter-*.whl \
         aiohappyeyeballs==2.7.1 \
