@@ -161,6 +161,7 @@ class Store(Protocol):
         expire_before_bucket: int,
         followed: dict[str, FollowedCall],
         watermark: float | None,
+        extra_labels: tuple[str, ...],
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -350,6 +351,7 @@ class Ledger:
             expire_before_bucket=horizon,
             followed=followed,
             watermark=new_watermark,
+            extra_labels=self.extra_labels,
         )
         self.totals = totals
         for bucket, keys in batch.new_seen.items():

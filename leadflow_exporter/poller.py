@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -44,7 +44,7 @@ class Poller:
         clock: Clock,
         *,
         requests_per_minute: int,
-        on_cycle: Callable[[], None] | None = None,
+        on_cycle: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.poll = poll
         self.client = client
@@ -241,7 +241,7 @@ class Poller:
                 log.exception("poll_cycle_crashed")
             if self.on_cycle is not None:
                 try:
-                    self.on_cycle()
+                    await self.on_cycle()
                 except Exception:
                     log.exception("render_failed")
             delay = self.poll.interval_seconds - (self.clock.monotonic() - started)

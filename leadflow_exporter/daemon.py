@@ -1,0 +1,225 @@
+"""The running exporter: wires config → client → poller → ledger → collector → server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+)
+
+from leadflow_exporter import __version__
+from leadflow_exporter.client import LeadFlowClient
+from leadflow_exporter.clock import Clock, SystemClock
+from leadflow_exporter.collector import LeadFlowCollector
+from leadflow_exporter.config import Config, ConfigError, load_config
+from leadflow_exporter.exposition import Exposition
+from leadflow_exporter.health import Health
+from leadflow_exporter.ledger import Ledger, MemoryStore, Store
+from leadflow_exporter.logsetup import configure_logging
+from leadflow_exporter.poller import Poller
+from leadflow_exporter.ratebudget import RateBudget
+from leadflow_exporter.server import HANDLER_ARGS, ServerState, create_app
+from leadflow_exporter.state import SQLiteStore
+
+log = structlog.get_logger("leadflow_exporter.daemon")
+
+STOP_GRACE_SECONDS = 20.0
+# Changing these means a different ledger or socket: they need a restart, not a reload.
+RESTART_ONLY = (("state", "path"), ("metrics", "extra_labels"), ("server", "listen"))
+
+
+def open_store(config: Config) -> Store:
+    return SQLiteStore(config.state.path) if config.state.path else MemoryStore()
+
+
+class Daemon:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        config_path: Path | None = None,
+        environ: Mapping[str, str] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.environ = environ
+        self.clock = clock or SystemClock()
+        self.health = Health()
+        self.health.config_reload_time = self.clock.now()
+        self.ledger = Ledger(
+            open_store(config),
+            self.health,
+            extra_labels=config.metrics.extra_labels,
+            max_series_per_metric=config.metrics.max_series_per_metric,
+            retention_seconds=config.poll.overlap_seconds + config.poll.max_call_seconds,
+        )
+        self.budget = RateBudget(config.api.requests_per_minute, self.clock)
+        registry = CollectorRegistry(auto_describe=False)
+        self.collector = LeadFlowCollector(
+            self.ledger, self.health, self.budget,
+            interval_seconds=config.poll.interval_seconds,
+            extra_labels=config.metrics.extra_labels,
+        )
+        registry.register(self.collector)
+        live = CollectorRegistry(auto_describe=False)
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            live.register(collector)
+        self.exposition = Exposition(registry, live)
+        self._session: aiohttp.ClientSession | None = None
+        self._poll_task: asyncio.Task[None] | None = None
+        self._poll_stop = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self._reload_lock = asyncio.Lock()
+        self.port: int | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=4, ttl_dns_cache=300),
+            trust_env=True,
+        )
+        await asyncio.to_thread(self.exposition.render)
+        state = ServerState(
+            exposition=self.exposition,
+            health=self.health,
+            config_view=self.config.redacted,
+            poller_alive=self.poller_alive,
+            reload=self.reload,
+            reload_enabled=lambda: self.config.server.reload_enabled,
+            tracked=self.ledger.tracked,
+            followed=lambda: len(self.ledger.followed),
+            budget=lambda: (self.budget.used(), self.budget.per_minute),
+            watermark=lambda: self.ledger.watermark,
+        )
+        self._server_state = state
+        app = create_app(state)
+        self._runner = web.AppRunner(app, access_log=None, **HANDLER_ARGS)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
+        await site.start()
+        sockets = getattr(site._server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
+        log.info(
+            "started",
+            version=__version__,
+            listen=f"{self.config.server.host}:{self.port}",
+            state=self.config.state.path or "(memory)",
+            set_ids=list(self.config.poll.set_ids) or "all",
+            interval_seconds=self.config.poll.interval_seconds,
+        )
+        self._start_poller()
+
+    def _start_poller(self) -> None:
+        assert self._session is not None
+        client = LeadFlowClient(
+            self.config.api, self._session, self.budget, self.clock, self.health,
+            extra_labels=self.config.metrics.extra_labels,
+        )
+        poller = Poller(
+            self.config.poll, client, self.ledger, self.health, self.clock,
+            requests_per_minute=self.config.api.requests_per_minute,
+            on_cycle=self._render,
+        )
+        self._poll_stop = asyncio.Event()
+        self._poll_task = asyncio.create_task(poller.run(self._poll_stop), name="poller")
+
+    async def _render(self) -> None:
+        # Rendering 100k series takes a while; a worker thread keeps scrapes flowing.
+        await asyncio.to_thread(self.exposition.render)
+
+    async def _stop_poller(self) -> None:
+        task = self._poll_task
+        if task is None:
+            return
+        self._poll_stop.set()
+        try:
+            # The cycle in flight commits or, if it overruns, is cancelled before its
+            # commit: either way the state file holds whole cycles only.
+            await asyncio.wait_for(asyncio.shield(task), timeout=STOP_GRACE_SECONDS)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._poll_task = None
+
+    def poller_alive(self) -> bool:
+        return self._poll_task is not None and not self._poll_task.done()
+
+    async def stop(self) -> None:
+        await self._stop_poller()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+        self.ledger.close()
+        log.info("stopped")
+
+    # -- reload ----------------------------------------------------------------------------
+
+    async def reload(self) -> tuple[bool, str]:
+        """Re-read the config file; a bad one is refused and the running one kept."""
+        async with self._reload_lock:
+            if self.config_path is None:
+                return False, "no config file to reload"
+            try:
+                new = await asyncio.to_thread(
+                    load_config, self.config_path, environ=self.environ
+                )
+            except ConfigError as exc:
+                self.health.config_reload_ok = False
+                log.error("reload_refused", problems=exc.problems)
+                return False, "config refused: " + "; ".join(exc.problems)
+            old = self.config
+            changed = [
+                f"{section}.{key}"
+                for section, key in RESTART_ONLY
+                if getattr(getattr(new, section), key) != getattr(getattr(old, section), key)
+            ]
+            if changed:
+                self.health.config_reload_ok = False
+                message = "config refused: changing " + ", ".join(changed) + " needs a restart"
+                log.error("reload_refused", changed=changed)
+                return False, message
+            await self._stop_poller()
+            self.config = new
+            configure_logging(new.logging.level, new.logging.format)
+            self.budget.per_minute = new.api.requests_per_minute
+            self.ledger.max_series = new.metrics.max_series_per_metric
+            self.collector.interval_seconds = new.poll.interval_seconds
+            self._server_state.config_view = new.redacted
+            self.health.config_reload_ok = True
+            self.health.config_reload_time = self.clock.now()
+            self._start_poller()
+            await self._render()
+            log.info("reloaded")
+            return True, "config reloaded"
+
+
+async def run_daemon(config: Config, config_path: Path | None) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    daemon = Daemon(config, config_path=config_path)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(
+        signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload())
+    )
+    await daemon.start()
+    await stop.wait()
+    log.info("stopping")
+    await daemon.stop()
+    return 0

@@ -1,0 +1,179 @@
+"""The ledger on disk: an SQLite file written once per poll cycle, in one transaction."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from leadflow_exporter.ledger import FollowedCall, Snapshot, Totals
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x4C464C57  # "LFLW": tells our file apart from any other SQLite database
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS seen (
+    sid_key INTEGER PRIMARY KEY,
+    bucket INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS seen_bucket ON seen (bucket);
+CREATE TABLE IF NOT EXISTS followed (
+    sid TEXT PRIMARY KEY,
+    sid_key INTEGER NOT NULL,
+    set_name TEXT NOT NULL,
+    call_ts REAL NOT NULL,
+    first_seen REAL NOT NULL,
+    last_active REAL NOT NULL
+);
+"""
+
+# Each entry upgrades the schema from version N-1 to N; version 1 is the first.
+_MIGRATIONS: dict[int, str] = {}
+
+
+class StateError(Exception):
+    """The state file cannot be used; the daemon must not start from zero silently."""
+
+
+class SQLiteStore:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fresh = not self.path.exists()
+        if fresh:
+            # Owner-only from the first byte: call ids and totals are commercial data.
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            os.close(fd)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._prepare(fresh)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"{self.path}: not a usable state file ({exc})") from None
+
+    def _prepare(self, fresh: bool) -> None:
+        app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+        if fresh or (app_id == 0 and not tables):
+            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+            self._db.executescript(_SCHEMA)
+            self._set_meta("schema_version", str(SCHEMA_VERSION))
+            return
+        if app_id != APPLICATION_ID:
+            raise StateError(
+                f"{self.path}: this SQLite file was not written by leadflow-exporter; "
+                "point state.path at a new file"
+            )
+        version = int(self._meta("schema_version") or 0)
+        if version > SCHEMA_VERSION:
+            raise StateError(
+                f"{self.path}: schema version {version} is newer than this exporter "
+                f"understands ({SCHEMA_VERSION}); upgrade the exporter"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executescript(_MIGRATIONS[target])
+            self._set_meta("schema_version", str(target))
+            self._db.execute("COMMIT")
+
+    def _meta(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    def load(self, extra_labels: tuple[str, ...]) -> Snapshot | None:
+        watermark = self._meta("watermark")
+        if watermark is None:
+            return None
+        saved_labels = tuple(json.loads(self._meta("extra_labels") or "[]"))
+        if saved_labels != extra_labels:
+            raise StateError(
+                f"{self.path}: totals were saved with metrics.extra_labels {list(saved_labels)} "
+                f"but the config now has {list(extra_labels)}; keep the old labels or start a "
+                "new state file"
+            )
+        try:
+            totals = Totals.from_json(
+                json.loads(self._meta("totals") or "{}"), label_count=2 + len(extra_labels)
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise StateError(f"{self.path}: saved totals are unreadable ({exc})") from None
+        seen: dict[int, set[int]] = {}
+        for sid_key, bucket in self._db.execute("SELECT sid_key, bucket FROM seen"):
+            keys = seen.get(bucket)
+            if keys is None:
+                keys = seen[bucket] = set()
+            keys.add(sid_key)
+        followed = {
+            row[0]: FollowedCall(*row)
+            for row in self._db.execute(
+                "SELECT sid, sid_key, set_name, call_ts, first_seen, last_active FROM followed"
+            )
+        }
+        return Snapshot(
+            totals=totals,
+            seen=seen,
+            followed=followed,
+            watermark=float(watermark),
+            extra_labels=extra_labels,
+        )
+
+    def write_cycle(
+        self,
+        *,
+        totals: Totals,
+        new_seen: dict[int, set[int]],
+        expire_before_bucket: int,
+        followed: dict[str, FollowedCall],
+        watermark: float | None,
+        extra_labels: tuple[str, ...] = (),
+    ) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for bucket, keys in new_seen.items():
+                db.executemany(
+                    "INSERT OR IGNORE INTO seen (sid_key, bucket) VALUES (?, ?)",
+                    ((key, bucket) for key in keys),
+                )
+            db.execute("DELETE FROM seen WHERE bucket < ?", (expire_before_bucket,))
+            db.execute("DELETE FROM followed")
+            db.executemany(
+                "INSERT INTO followed (sid, sid_key, set_name, call_ts, first_seen, last_active)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    (c.sid, c.sid_key, c.set_name, c.call_ts, c.first_seen, c.last_active)
+                    for c in followed.values()
+                ),
+            )
+            self._set_meta("totals", json.dumps(totals.to_json(), separators=(",", ":")))
+            self._set_meta("extra_labels", json.dumps(list(extra_labels)))
+            if watermark is not None:
+                self._set_meta("watermark", repr(watermark))
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "seen": self._db.execute("SELECT count(*) FROM seen").fetchone()[0],
+            "followed": self._db.execute("SELECT count(*) FROM followed").fetchone()[0],
+        }
+
+    def close(self) -> None:
+        try:
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._db.close()
