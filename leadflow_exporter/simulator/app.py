@@ -1,8 +1,10 @@
 """The fake History Report API: an aiohttp app over a :class:`TrafficModel`.
 
-Simulated time runs with the injected clock but stands still while paused, so a test can freeze
-the traffic, let the exporter catch up, and compare its totals with ``/_sim/truth`` exactly.
-Rate limiting uses the real (injected) clock: pausing the traffic must not freeze the
+Simulated time is the injected clock, except that it stands still while paused: a test can
+freeze the traffic, let the exporter catch up, and compare its totals with ``/_sim/truth``
+exactly. On resume it jumps back to the clock rather than running behind it for good: a
+permanent lag would make every later call look late to an exporter that windows its queries by
+wall-clock time. Rate limiting always uses the clock: pausing the traffic must not freeze the
 requests-per-minute window.
 """
 
@@ -105,7 +107,6 @@ class SimulatorState:
         self.credentials = credentials
         self.slow_seconds = slow_seconds
         self._paused_at: float | None = None
-        self._paused_total = 0.0
         self.started_at = clock()
         self.traffic_start = int(self.started_at - history_hours * 3600)
         # The starting scenario covers the generated history too, so a messy-data or spike
@@ -124,8 +125,8 @@ class SimulatorState:
 
     def now(self) -> float:
         if self._paused_at is not None:
-            return self._paused_at - self._paused_total
-        return self.clock() - self._paused_total
+            return self._paused_at
+        return self.clock()
 
     @property
     def paused(self) -> bool:
@@ -136,9 +137,7 @@ class SimulatorState:
             self._paused_at = self.clock()
 
     def resume(self) -> None:
-        if self._paused_at is not None:
-            self._paused_total += self.clock() - self._paused_at
-            self._paused_at = None
+        self._paused_at = None
 
     # -- scenarios --------------------------------------------------------------------------
 
