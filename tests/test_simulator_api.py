@@ -527,7 +527,7 @@ async def test_same_seed_serves_identical_responses() -> None:
     assert bodies[0] != bodies[2]
 
 
-async def test_start_and_run_simulator_serve_over_tcp() -> None:
+async def test_start_and_run_simulator_serve_over_tcp(capsys: pytest.CaptureFixture[str]) -> None:
     running = await start_simulator("127.0.0.1", 0, seed=1, rate_limit_per_minute=0)
     try:
         assert running.port > 0
@@ -550,3 +550,5 @@ async def test_start_and_run_simulator_serve_over_tcp() -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
