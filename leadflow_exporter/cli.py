@@ -52,29 +52,47 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="run the exporter against the built-in LeadFlow simulator (no keys)"
     )
-    demo.add_argument("--listen", type=_listen, default=f"127.0.0.1:{DEFAULT_PORT}",
-                      help="exporter address (default %(default)s)")
-    demo.add_argument("--simulator-listen", type=_listen,
-                      default=f"127.0.0.1:{SIMULATOR_PORT}",
-                      help="simulator address (default %(default)s)")
+    demo.add_argument(
+        "--listen",
+        type=_listen,
+        default=f"127.0.0.1:{DEFAULT_PORT}",
+        help="exporter address (default %(default)s)",
+    )
+    demo.add_argument(
+        "--simulator-listen",
+        type=_listen,
+        default=f"127.0.0.1:{SIMULATOR_PORT}",
+        help="simulator address (default %(default)s)",
+    )
     demo.add_argument("--scenario", default="steady", help="simulator scenario")
     demo.add_argument("--seed", type=int, default=1)
-    demo.add_argument("--volume", type=float, default=5.0,
-                      help="traffic multiplier (default %(default)s)")
-    demo.add_argument("--interval", type=float, default=10.0,
-                      help="poll interval in seconds (default %(default)s)")
+    demo.add_argument(
+        "--volume", type=float, default=5.0, help="traffic multiplier (default %(default)s)"
+    )
+    demo.add_argument(
+        "--interval",
+        type=float,
+        default=10.0,
+        help="poll interval in seconds (default %(default)s)",
+    )
 
     simulate = commands.add_parser("simulate", help="serve the fake LeadFlow API alone")
     simulate.add_argument("--listen", type=_listen, default=f"127.0.0.1:{SIMULATOR_PORT}")
     simulate.add_argument("--scenario", default="steady")
     simulate.add_argument("--seed", type=int, default=1)
     simulate.add_argument("--volume", type=float, default=1.0)
-    simulate.add_argument("--rate-limit", type=int, default=100,
-                          help="requests per minute before 429 (0: no limit)")
-    simulate.add_argument("--slow-seconds", type=float, default=3.0,
-                          help="response delay of the 'slow' scenario")
-    simulate.add_argument("--history-hours", type=float, default=24.0,
-                          help="hours of traffic that exist before the start")
+    simulate.add_argument(
+        "--rate-limit", type=int, default=100, help="requests per minute before 429 (0: no limit)"
+    )
+    simulate.add_argument(
+        "--slow-seconds", type=float, default=3.0, help="response delay of the 'slow' scenario"
+    )
+    simulate.add_argument(
+        "--history-hours",
+        type=float,
+        default=24.0,
+        help="hours of traffic that exist before the start",
+    )
     return parser
 
 
@@ -111,8 +129,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"state.path: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
-        print(f"server.listen: cannot listen on {config.server.listen}: {exc.strerror}",
-              file=sys.stderr)
+        print(
+            f"server.listen: cannot listen on {config.server.listen}: {exc.strerror}",
+            file=sys.stderr,
+        )
         return 1
 
 
@@ -121,12 +141,18 @@ async def _serve_simulator(args: argparse.Namespace) -> int:
 
     host, port = args.listen
     sim = await start_simulator(
-        host, port, seed=args.seed, scenario=args.scenario, volume=args.volume,
-        rate_limit_per_minute=args.rate_limit, slow_seconds=args.slow_seconds,
+        host,
+        port,
+        seed=args.seed,
+        scenario=args.scenario,
+        volume=args.volume,
+        rate_limit_per_minute=args.rate_limit,
+        slow_seconds=args.slow_seconds,
         history_hours=args.history_hours,
     )
-    print(f"LeadFlow simulator on {sim.url} (scenario {args.scenario}, seed {args.seed})",
-          flush=True)
+    print(
+        f"LeadFlow simulator on {sim.url} (scenario {args.scenario}, seed {args.seed})", flush=True
+    )
     print(f"  API:        {sim.url}/report/v1/leadflow/v2/history", flush=True)
     print(f"  controls:   {sim.url}/_sim/scenario  {sim.url}/_sim/truth", flush=True)
     await _wait_for_signal()
@@ -146,8 +172,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from leadflow_exporter.simulator import SCENARIOS
 
     if args.scenario not in SCENARIOS:
-        print(f"--scenario: unknown {args.scenario!r}; one of {', '.join(SCENARIOS)}",
-              file=sys.stderr)
+        print(
+            f"--scenario: unknown {args.scenario!r}; one of {', '.join(SCENARIOS)}", file=sys.stderr
+        )
         return 2
     return asyncio.run(_serve_simulator(args))
 

@@ -180,18 +180,34 @@ class LeadFlowClient:
                 if exc.retry_after is not None:
                     self._budget.pause(min(exc.retry_after, RETRY_AFTER_CAP_SECONDS))
                 if attempt == attempts:
-                    log.warning("api_query_failed", query=kind, reason=exc.reason,
-                                detail=exc.detail, attempts=attempt)
+                    log.warning(
+                        "api_query_failed",
+                        query=kind,
+                        reason=exc.reason,
+                        detail=exc.detail,
+                        attempts=attempt,
+                    )
                     raise QueryFailed(exc.reason, exc.detail) from None
                 delay = self._backoff(attempt)
-                log.info("api_retry", query=kind, reason=exc.reason, detail=exc.detail,
-                         attempt=attempt, delay_seconds=round(delay, 2),
-                         retry_after=exc.retry_after)
+                log.info(
+                    "api_retry",
+                    query=kind,
+                    reason=exc.reason,
+                    detail=exc.detail,
+                    attempt=attempt,
+                    delay_seconds=round(delay, 2),
+                    retry_after=exc.retry_after,
+                )
                 await self._clock.sleep(delay)
             except QueryFailed as exc:
                 self._health.api_errors[(kind, exc.reason)] += 1
-                log.warning("api_query_failed", query=kind, reason=exc.reason,
-                            detail=exc.detail, attempts=attempt)
+                log.warning(
+                    "api_query_failed",
+                    query=kind,
+                    reason=exc.reason,
+                    detail=exc.detail,
+                    attempts=attempt,
+                )
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -204,7 +220,10 @@ class LeadFlowClient:
         timeout = aiohttp.ClientTimeout(total=self.api.timeout_seconds)
         try:
             async with self._session.get(
-                self.api.base_url, params=params, headers=self._headers, timeout=timeout,
+                self.api.base_url,
+                params=params,
+                headers=self._headers,
+                timeout=timeout,
                 allow_redirects=False,
             ) as response:
                 body = await response.read()

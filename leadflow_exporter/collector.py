@@ -104,14 +104,18 @@ class LeadFlowCollector(Collector):
 
         sets = sorted(totals.sets.items())
         yield _per_set(
-            CounterMetricFamily, "leadflow_talk_seconds",
+            CounterMetricFamily,
+            "leadflow_talk_seconds",
             "Connected talk time of finished calls (talk_seconds)." + CACHED,
-            sets, lambda t: t.talk_seconds,
+            sets,
+            lambda t: t.talk_seconds,
         )
         yield _per_set(
-            CounterMetricFamily, "leadflow_call_seconds",
+            CounterMetricFamily,
+            "leadflow_call_seconds",
             "Whole duration of finished calls (total_seconds)." + CACHED,
-            sets, lambda t: t.call_seconds,
+            sets,
+            lambda t: t.call_seconds,
         )
         histogram = HistogramMetricFamily(
             "leadflow_talk_duration_seconds",
@@ -127,20 +131,26 @@ class LeadFlowCollector(Collector):
             histogram.add_metric([name], buckets, t.talk_seconds)
         yield histogram
         yield _per_set(
-            CounterMetricFamily, "leadflow_offer_revenue_usd",
+            CounterMetricFamily,
+            "leadflow_offer_revenue_usd",
             "Offer price of finished calls: revenue, in USD." + CACHED,
-            sets, lambda t: SetTotals.usd(t.revenue),
+            sets,
+            lambda t: SetTotals.usd(t.revenue),
         )
         yield _per_set(
-            CounterMetricFamily, "leadflow_affiliate_payout_usd",
+            CounterMetricFamily,
+            "leadflow_affiliate_payout_usd",
             "Affiliate price of finished calls: payout, in USD." + CACHED,
-            sets, lambda t: SetTotals.usd(t.payout),
+            sets,
+            lambda t: SetTotals.usd(t.payout),
         )
         yield _per_set(
-            GaugeMetricFamily, "leadflow_margin_usd",
+            GaugeMetricFamily,
+            "leadflow_margin_usd",
             "Running sum of margin (offer minus affiliate price) in USD; signed, use delta()."
             + CACHED,
-            sets, lambda t: SetTotals.usd(t.margin),
+            sets,
+            lambda t: SetTotals.usd(t.margin),
         )
         qualified = CounterMetricFamily(
             "leadflow_qualified_calls",
@@ -160,25 +170,31 @@ class LeadFlowCollector(Collector):
         yield qualified
         yield repeat
         yield _per_set(
-            CounterMetricFamily, "leadflow_contested_calls",
+            CounterMetricFamily,
+            "leadflow_contested_calls",
             "Finished calls whose advertiser contested paying for the lead." + CACHED,
-            sets, lambda t: t.contested,
+            sets,
+            lambda t: t.contested,
         )
         yield _per_set(
-            GaugeMetricFamily, "leadflow_last_call_timestamp_seconds",
+            GaugeMetricFamily,
+            "leadflow_last_call_timestamp_seconds",
             "Start time (call_date) of the newest finished call seen, as a Unix time." + CACHED,
-            [(n, t) for n, t in sets if t.last_call_ts > 0], lambda t: t.last_call_ts,
+            [(n, t) for n, t in sets if t.last_call_ts > 0],
+            lambda t: t.last_call_ts,
         )
 
     def _exporter(self) -> Iterator[Metric]:
         health = self.health
         yield GaugeMetricFamily(
-            "leadflow_up", "1 when the last poll cycle of the LeadFlow API succeeded.",
+            "leadflow_up",
+            "1 when the last poll cycle of the LeadFlow API succeeded.",
             value=1 if health.last_cycle_ok else 0,
         )
         last_success = GaugeMetricFamily(
             "leadflow_exporter_last_success_timestamp_seconds",
-            "Unix time of the last successful query of each kind.", labels=["query"],
+            "Unix time of the last successful query of each kind.",
+            labels=["query"],
         )
         durations = GaugeMetricFamily(
             "leadflow_exporter_poll_duration_seconds",
@@ -208,7 +224,8 @@ class LeadFlowCollector(Collector):
             errors.add_metric([query, reason], count)
         yield errors
         records = CounterMetricFamily(
-            "leadflow_exporter_records", "Records received from the LeadFlow API, by query.",
+            "leadflow_exporter_records",
+            "Records received from the LeadFlow API, by query.",
             labels=["query"],
         )
         for query in QUERIES:
@@ -216,7 +233,8 @@ class LeadFlowCollector(Collector):
         yield records
         invalid = CounterMetricFamily(
             "leadflow_exporter_invalid_records",
-            "Records skipped because they cannot be counted, by reason.", labels=["reason"],
+            "Records skipped because they cannot be counted, by reason.",
+            labels=["reason"],
         )
         for reason in sorted({*INVALID_REASONS, *health.invalid_records}):
             invalid.add_metric([reason], health.invalid_records[reason])
@@ -254,7 +272,8 @@ class LeadFlowCollector(Collector):
         yield dropped
         yield _build_info()
         yield GaugeMetricFamily(
-            "leadflow_exporter_poll_interval_seconds", "Configured poll interval.",
+            "leadflow_exporter_poll_interval_seconds",
+            "Configured poll interval.",
             value=self.interval_seconds,
         )
         yield GaugeMetricFamily(
@@ -264,7 +283,8 @@ class LeadFlowCollector(Collector):
         )
         yield GaugeMetricFamily(
             "leadflow_exporter_rate_budget_used_requests",
-            "Requests sent to the API in the last 60 seconds.", value=self.budget.used(),
+            "Requests sent to the API in the last 60 seconds.",
+            value=self.budget.used(),
         )
         if self.ledger.watermark is not None:
             yield GaugeMetricFamily(
@@ -286,7 +306,8 @@ class LeadFlowCollector(Collector):
 
 def _build_info() -> Metric:
     info = GaugeMetricFamily(
-        "leadflow_exporter_build_info", "Build information; the value is always 1.",
+        "leadflow_exporter_build_info",
+        "Build information; the value is always 1.",
         labels=["version"],
     )
     info.add_metric([__version__], 1)

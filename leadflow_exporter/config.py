@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import zoneinfo
@@ -162,7 +163,7 @@ class ConfigError(Exception):
 
 def split_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         raise ValueError("must be HOST:PORT")
     number = int(port)
     if not 0 <= number <= 65535:
@@ -178,9 +179,7 @@ class _Problems:
         self.items.append(f"{path}: {message}")
 
 
-def _section(
-    raw: Any, path: str, problems: _Problems, allowed: set[str]
-) -> dict[str, Any]:
+def _section(raw: Any, path: str, problems: _Problems, allowed: set[str]) -> dict[str, Any]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -221,6 +220,9 @@ def _number(
     if isinstance(value, bool) or not ok:
         kind = "an integer" if integer else "a number"
         problems.add(f"{path}.{key}", f"must be {kind}, got {_type_name(value)}")
+        return default
+    if isinstance(value, float) and not math.isfinite(value):
+        problems.add(f"{path}.{key}", f"must be a finite number, got {value!r}")
         return default
     if minimum is not None and (value <= minimum if exclusive else value < minimum):
         problems.add(f"{path}.{key}", f"must be {'>' if exclusive else '>='} {minimum:g}")
@@ -317,18 +319,33 @@ def _api(raw: Any, problems: _Problems, environ: Mapping[str, str], base_dir: Pa
         base_url=base_url,
         timezone=timezone,
         requests_per_minute=_number(
-            section, "requests_per_minute", "api", problems, d.requests_per_minute,
-            integer=True, minimum=0,
+            section,
+            "requests_per_minute",
+            "api",
+            problems,
+            d.requests_per_minute,
+            integer=True,
+            minimum=0,
         ),
-        page_size=_number(section, "page_size", "api", problems, d.page_size, integer=True,
-                          minimum=0),
+        page_size=_number(
+            section, "page_size", "api", problems, d.page_size, integer=True, minimum=0
+        ),
         timeout_seconds=float(
             _number(section, "timeout_seconds", "api", problems, d.timeout_seconds, minimum=0)
         ),
-        max_pages=_number(section, "max_pages", "api", problems, d.max_pages, integer=True,
-                          minimum=0),
-        max_retries=_number(section, "max_retries", "api", problems, d.max_retries,
-                            integer=True, minimum=0, exclusive=False),
+        max_pages=_number(
+            section, "max_pages", "api", problems, d.max_pages, integer=True, minimum=0
+        ),
+        max_retries=_number(
+            section,
+            "max_retries",
+            "api",
+            problems,
+            d.max_retries,
+            integer=True,
+            minimum=0,
+            exclusive=False,
+        ),
         **secrets,
     )
 
@@ -350,12 +367,23 @@ def _poll(raw: Any, problems: _Problems) -> PollConfig:
             problems.add(f"poll.set_ids[{i}]", f"duplicate set id {value}")
         else:
             set_ids.append(value)
-    interval = float(_number(section, "interval_seconds", "poll", problems, d.interval_seconds,
-                             minimum=0))
-    overlap = float(_number(section, "overlap_seconds", "poll", problems, d.overlap_seconds,
-                            minimum=0, exclusive=False))
-    max_call = float(_number(section, "max_call_seconds", "poll", problems, d.max_call_seconds,
-                             minimum=0))
+    interval = float(
+        _number(section, "interval_seconds", "poll", problems, d.interval_seconds, minimum=0)
+    )
+    overlap = float(
+        _number(
+            section,
+            "overlap_seconds",
+            "poll",
+            problems,
+            d.overlap_seconds,
+            minimum=0,
+            exclusive=False,
+        )
+    )
+    max_call = float(
+        _number(section, "max_call_seconds", "poll", problems, d.max_call_seconds, minimum=0)
+    )
     if "overlap_seconds" in section and "interval_seconds" in section and overlap < interval:
         problems.add(
             "poll.overlap_seconds",
@@ -382,7 +410,9 @@ def _metrics(raw: Any, problems: _Problems) -> MetricsConfig:
         raw_labels = []
     for i, value in enumerate(raw_labels):
         where = f"metrics.extra_labels[{i}]"
-        if value in PII_FIELDS:
+        if not isinstance(value, str):
+            problems.add(where, f"must be a label name, got {_type_name(value)}")
+        elif value in PII_FIELDS:
             problems.add(where, f"{value!r} is personal or unbounded call data, never a label")
         elif value not in EXTRA_LABELS:
             problems.add(where, f"must be one of {', '.join(EXTRA_LABELS)}, got {value!r}")
@@ -393,8 +423,13 @@ def _metrics(raw: Any, problems: _Problems) -> MetricsConfig:
     return MetricsConfig(
         extra_labels=tuple(labels),
         max_series_per_metric=_number(
-            section, "max_series_per_metric", "metrics", problems, d.max_series_per_metric,
-            integer=True, minimum=0,
+            section,
+            "max_series_per_metric",
+            "metrics",
+            problems,
+            d.max_series_per_metric,
+            integer=True,
+            minimum=0,
         ),
     )
 
@@ -469,9 +504,7 @@ def parse_config(
     if require_credentials:
         for key, env_name in SECRET_ENV.items():
             if not getattr(config.api, key):
-                problems.add(
-                    f"api.{key}", f"required: set it, api.{key}_file, or {env_name}"
-                )
+                problems.add(f"api.{key}", f"required: set it, api.{key}_file, or {env_name}")
     if problems.items:
         raise ConfigError(problems.items, source)
     return config

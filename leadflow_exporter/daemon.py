@@ -68,7 +68,9 @@ class Daemon:
         self.budget = RateBudget(config.api.requests_per_minute, self.clock)
         registry = CollectorRegistry(auto_describe=False)
         self.collector = LeadFlowCollector(
-            self.ledger, self.health, self.budget,
+            self.ledger,
+            self.health,
+            self.budget,
             interval_seconds=config.poll.interval_seconds,
             extra_labels=config.metrics.extra_labels,
         )
@@ -125,11 +127,19 @@ class Daemon:
     def _start_poller(self) -> None:
         assert self._session is not None
         client = LeadFlowClient(
-            self.config.api, self._session, self.budget, self.clock, self.health,
+            self.config.api,
+            self._session,
+            self.budget,
+            self.clock,
+            self.health,
             extra_labels=self.config.metrics.extra_labels,
         )
         poller = Poller(
-            self.config.poll, client, self.ledger, self.health, self.clock,
+            self.config.poll,
+            client,
+            self.ledger,
+            self.health,
+            self.clock,
             requests_per_minute=self.config.api.requests_per_minute,
             on_cycle=self._render,
         )
@@ -175,9 +185,7 @@ class Daemon:
             if self.config_path is None:
                 return False, "no config file to reload"
             try:
-                new = await asyncio.to_thread(
-                    load_config, self.config_path, environ=self.environ
-                )
+                new = await asyncio.to_thread(load_config, self.config_path, environ=self.environ)
             except ConfigError as exc:
                 self.health.config_reload_ok = False
                 log.error("reload_refused", problems=exc.problems)
@@ -215,9 +223,7 @@ async def run_daemon(config: Config, config_path: Path | None) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(
-        signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload())
-    )
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload()))
     await daemon.start()
     await stop.wait()
     log.info("stopping")

@@ -65,8 +65,9 @@ class SetTotals:
     def merge(self, other: SetTotals) -> None:
         for f in fields(self):
             if f.name == "talk_buckets":
-                self.talk_buckets = [a + b for a, b in zip(self.talk_buckets,
-                                                           other.talk_buckets, strict=True)]
+                self.talk_buckets = [
+                    a + b for a, b in zip(self.talk_buckets, other.talk_buckets, strict=True)
+                ]
             elif f.name == "last_call_ts":
                 self.last_call_ts = max(self.last_call_ts, other.last_call_ts)
             else:
@@ -119,9 +120,7 @@ class Totals:
         for row in data.get("calls", []):
             key = tuple(str(v) for v in row[:-1])
             if len(key) != label_count:
-                raise ValueError(
-                    "saved totals have different labels than metrics.extra_labels now"
-                )
+                raise ValueError("saved totals have different labels than metrics.extra_labels now")
             calls[key] = int(row[-1])
         sets = {name: SetTotals.from_json(t) for name, t in data.get("sets", {}).items()}
         return cls(calls, sets)
@@ -342,7 +341,8 @@ class Ledger:
         new_watermark = watermark if watermark is not None else self.watermark
         horizon = self._expiry_bucket(new_watermark)
         followed = {
-            sid: call for sid, call in followed.items()
+            sid: call
+            for sid, call in followed.items()
             if not self.is_seen(call.sid_key, call.call_ts, batch)
         }
         self.store.write_cycle(

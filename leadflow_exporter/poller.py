@@ -19,6 +19,13 @@ from leadflow_exporter.timeutil import SEVEN_DAYS, slices
 
 log = structlog.get_logger("leadflow_exporter.poller")
 
+# Query windows end this far in the future. No call starts in the future, so nothing extra comes
+# back, but a window that ends exactly "now" misses calls when DialogTech's clock runs ahead of
+# ours, and in the repeated hour of a DST fall-back the naive local end date is read as the
+# first occurrence: an hour early. A call missing from the active list for that reason would
+# look finished and be counted with its partial values.
+QUERY_END_MARGIN_SECONDS = 3900.0
+
 
 @dataclass
 class CycleReport:
@@ -143,7 +150,11 @@ class Poller:
         results: list[QueryResult] = []
         for set_id in self._set_ids:
             query = self.client.window_query(
-                "active", now - self.poll.max_call_seconds, now + 60, True, set_id
+                "active",
+                now - self.poll.max_call_seconds,
+                now + QUERY_END_MARGIN_SECONDS,
+                True,
+                set_id,
             )
             result = await self._run_query("active", lambda q=query: self.client.fetch(q), report)
             if result is None:
@@ -175,8 +186,9 @@ class Poller:
         start = (watermark if watermark is not None else now) - self.poll.overlap_seconds
         reached: float | None = None
         for slice_start, slice_end in slices(start, now, SEVEN_DAYS):
+            query_end = slice_end + QUERY_END_MARGIN_SECONDS if slice_end == now else slice_end
             for set_id in self._set_ids:
-                query = self.client.window_query("history", slice_start, slice_end, False, set_id)
+                query = self.client.window_query("history", slice_start, query_end, False, set_id)
                 result = await self._run_query(
                     "history", lambda q=query: self.client.fetch(q), report
                 )
@@ -205,8 +217,11 @@ class Poller:
                 del followed[sid]
                 self.health.followups_abandoned += 1
                 report.abandoned += 1
-                log.warning("followup_abandoned", set_name=call.set_name,
-                            age_seconds=round(now - call.call_ts))
+                log.warning(
+                    "followup_abandoned",
+                    set_name=call.set_name,
+                    age_seconds=round(now - call.call_ts),
+                )
                 continue
             # A call still inside the history window shows up there once finished; a sid query
             # is needed only for calls that started before the window, or that went missing

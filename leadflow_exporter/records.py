@@ -176,8 +176,13 @@ class _Reader:
         return False
 
 
-def _convert(raw: RawRecord, dates: CallDateParser, extra_labels: tuple[str, ...],
-             page: Page, reader: _Reader) -> None:
+def _convert(
+    raw: RawRecord,
+    dates: CallDateParser,
+    extra_labels: tuple[str, ...],
+    page: Page,
+    reader: _Reader,
+) -> None:
     sid = raw.sid
     if isinstance(sid, bool) or sid is None or (isinstance(sid, str) and not sid.strip()):
         page.invalid["missing_sid"] += 1
@@ -271,9 +276,7 @@ def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], int]:
     return records, malformed
 
 
-def decode_page(
-    body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...] = ()
-) -> Page:
+def decode_page(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...] = ()) -> Page:
     """Decode one page. Raises EnvelopeError when the body as a whole is unusable."""
     raws, malformed = _raw_records(body)
     page = Page(size=len(raws) + malformed)

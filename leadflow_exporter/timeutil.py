@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo
@@ -35,24 +36,31 @@ class CallDateParser:
         text = value.strip()
         if len(text) < 10:
             return None
-        if len(text) == 19 and text[10] in " T":
+        if len(text) == 19 and _WIRE_FORM.fullmatch(text):
             # The common wire form: "YYYY-MM-DD HH:MM:SS", local time.
             hour_key = text[:13]
             offset = self._offsets.get(hour_key)
             try:
                 naive = datetime(
-                    int(text[0:4]), int(text[5:7]), int(text[8:10]),
-                    int(text[11:13]), int(text[14:16]), int(text[17:19]),
+                    int(text[0:4]),
+                    int(text[5:7]),
+                    int(text[8:10]),
+                    int(text[11:13]),
+                    int(text[14:16]),
+                    int(text[17:19]),
                 )
             except ValueError:
                 return None
-            if text[4] != "-" or text[7] != "-" or text[13] != ":" or text[16] != ":":
-                return None
             if offset is None:
-                offset = naive.replace(tzinfo=self._tz).utcoffset().total_seconds()  # type: ignore[union-attr]
-                if len(self._offsets) > 10_000:
-                    self._offsets.clear()
-                self._offsets[hour_key] = offset
+                offset = _offset(naive, self._tz)
+                # Cache per hour only when the whole hour has one offset: a few zones
+                # (Australia/Lord_Howe) change their clocks at half past.
+                hour = naive.replace(minute=0, second=0)
+                end = naive.replace(minute=59, second=59)
+                if _offset(hour, self._tz) == offset == _offset(end, self._tz):
+                    if len(self._offsets) > 10_000:
+                        self._offsets.clear()
+                    self._offsets[hour_key] = offset
             return (naive - _EPOCH_NAIVE).total_seconds() - offset
         try:
             parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -64,6 +72,11 @@ class CallDateParser:
 
 
 _EPOCH_NAIVE = datetime(1970, 1, 1)
+_WIRE_FORM = re.compile(r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d", re.ASCII)
+
+
+def _offset(naive: datetime, tz: tzinfo) -> float:
+    return naive.replace(tzinfo=tz).utcoffset().total_seconds()  # type: ignore[union-attr]
 
 
 def format_api_date(epoch: float, tz: tzinfo) -> str:
@@ -74,6 +87,8 @@ def format_api_date(epoch: float, tz: tzinfo) -> str:
 
 def slices(start: float, end: float, max_seconds: float) -> list[tuple[float, float]]:
     """Split [start, end) into consecutive slices no longer than max_seconds."""
+    if not max_seconds > 0:
+        raise ValueError(f"max_seconds must be > 0, got {max_seconds!r}")
     out: list[tuple[float, float]] = []
     cursor = start
     while cursor < end:

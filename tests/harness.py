@@ -1,0 +1,99 @@
+"""An exporter pipeline polling an in-process simulator on a manual clock."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from leadflow_exporter.client import LeadFlowClient
+from leadflow_exporter.clock import ManualClock
+from leadflow_exporter.config import ApiConfig, PollConfig, Secret
+from leadflow_exporter.health import Health
+from leadflow_exporter.ledger import Ledger, MemoryStore, Store
+from leadflow_exporter.poller import Poller
+from leadflow_exporter.ratebudget import RateBudget
+from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, STATE_KEY, create_app
+from leadflow_exporter.simulator.app import SimulatorState
+
+
+@dataclass
+class Harness:
+    """An exporter pipeline (without the HTTP server) polling an in-process simulator."""
+
+    clock: ManualClock
+    sim: SimulatorState
+    poller: Poller
+    ledger: Ledger
+    health: Health
+    start: float
+
+    async def cycle(self, advance: float | None = None) -> Any:
+        if advance:
+            self.clock.advance(advance)
+        return await self.poller.run_cycle()
+
+    async def run_for(self, seconds: float) -> None:
+        interval = self.poller.poll.interval_seconds
+        for _ in range(int(seconds // interval)):
+            await self.cycle(interval)
+
+    def truth(self) -> dict[str, Any]:
+        return self.sim.truth(since=self.start, until=self.clock.now())
+
+
+def api_config(base_url: str, **overrides: Any) -> ApiConfig:
+    values: dict[str, Any] = {
+        "base_url": base_url,
+        "access_key": Secret(DEFAULT_CREDENTIALS.access_key),
+        "secret_access_key": Secret(DEFAULT_CREDENTIALS.secret_access_key),
+        "rate_limit_key": Secret(DEFAULT_CREDENTIALS.rate_limit_key),
+        "requests_per_minute": 100_000,
+        "max_retries": 2,
+        "timeout_seconds": 10.0,
+    }
+    values.update(overrides)
+    return ApiConfig(**values)
+
+
+@contextlib.asynccontextmanager
+async def harness(
+    start: float,
+    *,
+    poll: PollConfig | None = None,
+    store: Store | None = None,
+    extra_labels: tuple[str, ...] = (),
+    api: dict[str, Any] | None = None,
+    sim: dict[str, Any] | None = None,
+    max_series: int = 5000,
+) -> AsyncIterator[Harness]:
+    clock = ManualClock(start)
+    sim_kwargs: dict[str, Any] = {"seed": 7, "rate_limit_per_minute": 0, "slow_seconds": 0.0}
+    sim_kwargs.update(sim or {})
+    app = create_app(clock=clock.now, **sim_kwargs)
+    server = TestServer(app)
+    await server.start_server()
+    poll = poll or PollConfig(interval_seconds=60, overlap_seconds=900, max_call_seconds=14400)
+    health = Health()
+    ledger = Ledger(
+        store or MemoryStore(),
+        health,
+        extra_labels=extra_labels,
+        max_series_per_metric=max_series,
+        retention_seconds=poll.overlap_seconds + poll.max_call_seconds,
+    )
+    config = api_config(str(server.make_url(HISTORY_PATH)), **(api or {}))
+    budget = RateBudget(config.requests_per_minute, clock)
+    async with aiohttp.ClientSession() as session:
+        client = LeadFlowClient(config, session, budget, clock, health, extra_labels=extra_labels)
+        poller = Poller(
+            poll, client, ledger, health, clock, requests_per_minute=config.requests_per_minute
+        )
+        try:
+            yield Harness(clock, app[STATE_KEY], poller, ledger, health, start)
+        finally:
+            await server.close()

@@ -1,0 +1,131 @@
+"""The poll loop against the simulator: every finished call counted exactly once."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from leadflow_exporter.config import PollConfig
+from leadflow_exporter.state import SQLiteStore
+from tests.harness import harness
+from tests.truth import assert_matches_truth
+
+# A Tuesday morning, Eastern time: busy enough that every status appears.
+BUSY = datetime(2026, 11, 17, 15, 0, tzinfo=UTC).timestamp()
+
+
+async def test_first_cycle_is_a_baseline_not_a_spike() -> None:
+    async with harness(BUSY) as h:
+        report = await h.cycle()
+        assert report.ok
+        assert report.baseline > 0
+        assert report.counted == 0
+        assert sum(h.ledger.totals.calls.values()) == 0
+        # Known series exist from the start, at zero.
+        assert h.ledger.totals.calls
+        assert sum(h.ledger.active.values()) == h.truth()["active_total"] > 0
+        assert h.health.ready
+
+
+async def test_steady_traffic_matches_truth_exactly() -> None:
+    async with harness(BUSY, sim={"volume": 2.0}) as h:
+        await h.cycle()
+        await h.run_for(3 * 3600)
+        truth = h.truth()
+        assert truth["calls_total"] > 500
+        assert all(truth["calls"][s] > 0 for s in ("connected", "no_buyer", "hang_up"))
+        assert_matches_truth(h.ledger, truth)
+        assert {k: v for k, v in h.ledger.active.items() if v} == {
+            name: s["active"] for name, s in truth["sets"].items() if s["active"]
+        }
+        # Overlapping windows re-read calls; dedup by sid kept them from counting twice.
+        assert h.health.records["history"] > truth["calls_total"]
+
+
+async def test_long_calls_outliving_the_overlap_are_counted_once_by_sid() -> None:
+    poll = PollConfig(interval_seconds=60, overlap_seconds=120, max_call_seconds=14400)
+    async with harness(BUSY, poll=poll, sim={"volume": 2.0}) as h:
+        await h.cycle()
+        await h.run_for(2 * 3600)
+        assert h.health.records["sid"] > 0, "no call needed a sid follow-up"
+        assert h.health.followups_abandoned == 0
+        assert_matches_truth(h.ledger, h.truth())
+
+
+@pytest.mark.parametrize(
+    ("label", "start"),
+    [
+        # Spring forward: 02:00 EST jumps to 03:00 EDT on 2026-03-08.
+        ("march-8", datetime(2026, 3, 8, 4, 0, tzinfo=UTC).timestamp()),
+        # Fall back: 02:00 EDT returns to 01:00 EST on 2026-11-01.
+        ("november-1", datetime(2026, 11, 1, 3, 0, tzinfo=UTC).timestamp()),
+    ],
+)
+async def test_dst_days_lose_and_double_nothing(label: str, start: float) -> None:
+    async with harness(start, sim={"volume": 20.0}) as h:
+        await h.cycle()
+        await h.run_for(5 * 3600)
+        truth = h.truth()
+        assert truth["calls_total"] > 100, label
+        assert_matches_truth(h.ledger, truth)
+
+
+async def test_failed_cycles_keep_the_watermark_and_the_gap_is_read_later() -> None:
+    async with harness(BUSY) as h:
+        await h.cycle()
+        await h.run_for(600)
+        watermark = h.ledger.watermark
+        h.sim.set_scenario("api-outage")
+        for _ in range(5):
+            report = await h.cycle(60)
+            assert not report.ok
+            assert not h.health.last_cycle_ok
+        assert h.ledger.watermark == watermark
+        assert (
+            h.health.api_errors[("history", "server_error")] > 0
+            or h.health.api_errors[("active", "server_error")] > 0
+        )
+        h.sim.set_scenario("steady")
+        await h.run_for(600)
+        assert h.health.last_cycle_ok
+        assert h.ledger.watermark is not None and h.ledger.watermark > watermark
+        assert_matches_truth(h.ledger, h.truth())
+
+
+async def test_messy_data_is_decoded_counted_and_reported() -> None:
+    async with harness(BUSY, sim={"scenario": "messy-data", "volume": 2.0}) as h:
+        await h.cycle()
+        await h.run_for(3600)
+        assert_matches_truth(h.ledger, h.truth())
+        assert sum(h.health.invalid_records.values()) > 0
+
+
+async def test_per_set_queries_match_truth() -> None:
+    poll = PollConfig(interval_seconds=60, overlap_seconds=900, set_ids=(101, 102, 103, 104, 105))
+    async with harness(BUSY, poll=poll) as h:
+        await h.cycle()
+        await h.run_for(3600)
+        assert_matches_truth(h.ledger, h.truth())
+
+
+async def test_restart_resumes_from_saved_state(tmp_path) -> None:
+    path = tmp_path / "state.db"
+    async with harness(BUSY, store=SQLiteStore(path)) as h:
+        await h.cycle()
+        await h.run_for(1800)
+        saved_calls = dict(h.ledger.totals.calls)
+        stopped_at = h.clock.now()
+        h.ledger.close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    # Down for 20 minutes while calls keep finishing, then back on the same state file.
+    async with harness(BUSY, store=SQLiteStore(path)) as h:
+        h.clock.set(stopped_at)
+        assert h.ledger.totals.calls == saved_calls
+        assert h.ledger.has_baseline
+        h.clock.advance(1200)
+        report = await h.cycle()
+        assert report.baseline == 0
+        await h.run_for(1800)
+        assert_matches_truth(h.ledger, h.truth())
+        h.ledger.close()
