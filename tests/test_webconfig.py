@@ -787,6 +787,28 @@ async def test_client_ca_rotation_drops_the_old_ca(tmp_path: Path, pki: PKI) -> 
         assert (await get(url, client_context(pki, "other-client")))[0] == 200
 
 
+async def test_versions_and_client_auth_change_on_reload(tmp_path: Path, pki: PKI) -> None:
+    path = write_config(tmp_path, {"tls_server_config": tls_section(pki)})
+    watcher = WebConfigWatcher(path)
+    tls12 = client_context(pki, max_version=ssl.TLSVersion.TLSv1_2)
+    async with serve(watcher.get_config, watcher.ssl_context) as url:
+        assert (await get(url, tls12))[0] == 200
+        assert (await get(url, client_context(pki)))[0] == 200
+        section = tls_section(
+            pki,
+            min_version="TLS13",
+            client_auth_type="RequireAndVerifyClientCert",
+            client_ca_file=str(pki["ca.crt"]),
+        )
+        write_config(tmp_path, {"tls_server_config": section})
+        assert watcher.maybe_reload(force=True) is True
+        with pytest.raises(ssl.SSLError):
+            await asyncio.to_thread(_handshake_blocking, url, tls12)
+        with pytest.raises(aiohttp.ClientError):
+            await get(url, client_context(pki))
+        assert (await get(url, client_context(pki, "client")))[0] == 200
+
+
 async def test_bad_certificate_on_reload_keeps_serving_the_old_one(
     tmp_path: Path, pki: PKI
 ) -> None:
