@@ -103,19 +103,36 @@ def _print_problems(exc: ConfigError) -> None:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from leadflow_exporter.webconfig import WebConfigError, load_web_config
+
     try:
-        load_config(args.config)
+        config = load_config(args.config)
     except ConfigError as exc:
         _print_problems(exc)
         return 1
+    if config.server.web_config_file:
+        try:
+            load_web_config(config.server.web_config_file)
+        except WebConfigError as exc:
+            _print_web_problems(exc)
+            return 1
     print(f"{args.config}: config OK")
     return 0
+
+
+def _print_web_problems(exc: Exception) -> None:
+    problems = getattr(exc, "problems", None) or [str(exc)]
+    source = getattr(exc, "source", None) or "web config"
+    print(f"server.web_config_file: {source}: {len(problems)} problem(s)", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from leadflow_exporter.daemon import run_daemon
     from leadflow_exporter.logsetup import configure_logging
     from leadflow_exporter.state import StateError
+    from leadflow_exporter.webconfig import WebConfigError
 
     try:
         config = load_config(args.config)
@@ -125,6 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     configure_logging(config.logging.level, config.logging.format)
     try:
         return asyncio.run(run_daemon(config, Path(args.config)))
+    except WebConfigError as exc:
+        _print_web_problems(exc)
+        return 1
     except StateError as exc:
         print(f"state.path: {exc}", file=sys.stderr)
         return 1

@@ -31,12 +31,18 @@ from leadflow_exporter.poller import Poller
 from leadflow_exporter.ratebudget import RateBudget
 from leadflow_exporter.server import HANDLER_ARGS, ServerState, create_app
 from leadflow_exporter.state import SQLiteStore
+from leadflow_exporter.webconfig import WebConfigWatcher, auth_middleware
 
 log = structlog.get_logger("leadflow_exporter.daemon")
 
 STOP_GRACE_SECONDS = 20.0
 # Changing these means a different ledger or socket: they need a restart, not a reload.
-RESTART_ONLY = (("state", "path"), ("metrics", "extra_labels"), ("server", "listen"))
+RESTART_ONLY = (
+    ("state", "path"),
+    ("metrics", "extra_labels"),
+    ("server", "listen"),
+    ("server", "web_config_file"),
+)
 
 
 def open_store(config: Config) -> Store:
@@ -83,6 +89,13 @@ class Daemon:
         self._poll_task: asyncio.Task[None] | None = None
         self._poll_stop = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        # Read before anything listens: a bad web config must stop the start, not serve
+        # /metrics unprotected.
+        self.web_config = (
+            WebConfigWatcher(config.server.web_config_file)
+            if config.server.web_config_file
+            else None
+        )
         self._reload_lock = asyncio.Lock()
         self.port: int | None = None
 
@@ -105,12 +118,18 @@ class Daemon:
             followed=lambda: len(self.ledger.followed),
             budget=lambda: (self.budget.used(), self.budget.per_minute),
             watermark=lambda: self.ledger.watermark,
+            middlewares=[auth_middleware(self.web_config.get_config)] if self.web_config else [],
         )
         self._server_state = state
         app = create_app(state)
         self._runner = web.AppRunner(app, access_log=None, **HANDLER_ARGS)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.server.host, self.config.server.port)
+        site = web.TCPSite(
+            self._runner,
+            self.config.server.host,
+            self.config.server.port,
+            ssl_context=self.web_config.ssl_context if self.web_config else None,
+        )
         await site.start()
         sockets = getattr(site._server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.config.server.port
@@ -201,6 +220,8 @@ class Daemon:
                 message = "config refused: changing " + ", ".join(changed) + " needs a restart"
                 log.error("reload_refused", changed=changed)
                 return False, message
+            if self.web_config is not None:
+                self.web_config.maybe_reload(force=True)
             await self._stop_poller()
             self.config = new
             configure_logging(new.logging.level, new.logging.format)
