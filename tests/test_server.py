@@ -46,8 +46,8 @@ def write_config(path: Path, sim_url: str, **sections: dict[str, Any]) -> Path:
     return path
 
 
-async def wait_for(predicate: Any, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(predicate: Any, limit: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
     while not await predicate():
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not reached in time")
@@ -128,8 +128,12 @@ async def test_promtool_check_metrics_reports_nothing(running: Running) -> None:
     assert promtool, "promtool (Debian's prometheus package) is required"
     await running.cycles(2)
     _, _, body = await running.get("/metrics")
-    result = subprocess.run(
-        [promtool, "check", "metrics"], input=body, capture_output=True, timeout=30
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [promtool, "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == b"" and result.stderr.strip() == b""
@@ -171,7 +175,7 @@ async def test_health_ready_landing_and_config(tmp_path: Path) -> None:
         await asyncio.sleep(0.5)
         status, _, _ = await r.get("/-/healthy")
         assert status == 200
-        status, _, body = await r.get("/-/ready")
+        status, _, _ = await r.get("/-/ready")
         assert status == 503
         assert r.daemon.health.api_errors[("active", "unauthorized")] >= 1
         status, headers, page = await r.get("/")
