@@ -154,7 +154,7 @@ class LeadFlowClient:
             result.pages += 1
             if page_number > 1 and page.records and page.records[0].sid == first_sid:
                 # The API ignored `page` and sent the first page again: all there is was read.
-                break
+                return result
             if page_number == 1 and page.records:
                 first_sid = page.records[0].sid
             result.records.extend(page.records)
@@ -164,10 +164,11 @@ class LeadFlowClient:
             # A page longer than asked for means page_size was ignored and everything came back.
             if query.kind == "sid" or page.size != page_size:
                 return result
-        raise QueryFailed(
-            "page_cap",
-            f"{query.kind} query still had full pages after {self.api.max_pages} pages",
-        )
+        detail = f"{query.kind} query still had full pages after {self.api.max_pages} pages"
+        self._health.api_errors[(query.kind, "page_cap")] += 1
+        log.warning("api_query_failed", query=query.kind, reason="page_cap", detail=detail,
+                    pages=result.pages)
+        raise QueryFailed("page_cap", detail)
 
     async def _get_page(self, kind: str, params: dict[str, str]) -> Any:
         attempts = self.api.max_retries + 1
@@ -250,7 +251,7 @@ class LeadFlowClient:
                     )
                 return decode_page(body, self._dates, self._extra_labels)
             except EnvelopeError as exc:
-                raise _Retryable("bad_envelope", str(exc)) from None
+                raise _Retryable("bad_envelope", self._scrub(str(exc))) from None
         detail = f"HTTP {status}: {self._error_text(body)}"
         if status == 429:
             retry_after = parse_retry_after(retry_after_header, self._clock.now())
