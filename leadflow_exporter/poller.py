@@ -62,6 +62,8 @@ class Poller:
         # Follow-ups must not starve the next cycle's history query of the rate budget.
         self.max_followups = max(1, requests_per_minute // 3)
         self._set_ids: tuple[int | None, ...] = poll.set_ids or (None,)
+        # Overdue followed calls already asked for by sid once: the next miss gives up on them.
+        self._last_look: set[str] = set()
 
     # -- one cycle ---------------------------------------------------------------------------
 
@@ -208,12 +210,20 @@ class Poller:
         report: CycleReport,
     ) -> None:
         window_start = (self.ledger.watermark or now) - self.poll.overlap_seconds
+        self._last_look.intersection_update(followed)
+        overdue_after = self.poll.max_call_seconds + self.poll.overlap_seconds
         due: list[FollowedCall] = []
         for sid, call in list(followed.items()):
             if sid in active_sids or self.ledger.is_seen(call.sid_key, call.call_ts, batch):
                 continue
-            if now - call.call_ts > self.poll.max_call_seconds + self.poll.overlap_seconds:
+            if now - call.call_ts > overdue_after:
+                if sid not in self._last_look:
+                    # Overdue, e.g. it finished while the exporter was down: one last look by
+                    # sid before giving up, or a restart after downtime would lose it.
+                    due.append(call)
+                    continue
                 # Never showed up finished within the longest call we follow: give up on it.
+                self._last_look.discard(sid)
                 del followed[sid]
                 self.health.followups_abandoned += 1
                 report.abandoned += 1
@@ -235,6 +245,8 @@ class Poller:
             result = await self._run_query("sid", lambda q=query: self.client.fetch(q), report)
             if result is None:
                 continue
+            if now - call.call_ts > overdue_after:
+                self._last_look.add(call.sid)
             report.followups += 1
             records = [r for r in result.records if r.sid == call.sid]
             self.ledger.add(batch, records, count=True)

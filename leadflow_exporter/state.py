@@ -49,8 +49,6 @@ class SQLiteStore:
             os.close(fd)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._prepare(fresh)
         except sqlite3.DatabaseError as exc:
@@ -60,26 +58,55 @@ class SQLiteStore:
         app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
         tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
         if fresh or (app_id == 0 and not tables):
-            self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-            self._db.executescript(_SCHEMA)
-            self._set_meta("schema_version", str(SCHEMA_VERSION))
+            self._use_wal()
+            # One transaction: a crash here leaves an empty file, never a half-made schema.
+            self._run_script(f"PRAGMA application_id={APPLICATION_ID};\n{_SCHEMA}", SCHEMA_VERSION)
             return
         if app_id != APPLICATION_ID:
             raise StateError(
                 f"{self.path}: this SQLite file was not written by leadflow-exporter; "
                 "point state.path at a new file"
             )
+        # Only now, once the file is known to be ours: switching to WAL rewrites the header.
+        self._use_wal()
         version = int(self._meta("schema_version") or 0)
         if version > SCHEMA_VERSION:
             raise StateError(
                 f"{self.path}: schema version {version} is newer than this exporter "
                 f"understands ({SCHEMA_VERSION}); upgrade the exporter"
             )
+        if version < 1:
+            raise StateError(f"{self.path}: the state file has no schema version")
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executescript(_MIGRATIONS[target])
-            self._set_meta("schema_version", str(target))
-            self._db.execute("COMMIT")
+            try:
+                self._run_script(_MIGRATIONS[target], target)
+            except sqlite3.Error as exc:
+                raise StateError(
+                    f"{self.path}: migrating the state file from schema version {target - 1} "
+                    f"to {target} failed ({exc}); the file was left at version {target - 1}"
+                ) from None
+
+    def _run_script(self, script: str, version: int) -> None:
+        """Run a schema script and record its version, all in one transaction.
+
+        `executescript` commits any open transaction before it starts, so BEGIN and COMMIT
+        must be part of the script itself.
+        """
+        try:
+            self._db.executescript(
+                f"BEGIN IMMEDIATE;\n{script}\n;\n"
+                "INSERT INTO meta (key, value) VALUES ('schema_version', "
+                f"'{int(version)}') ON CONFLICT(key) DO UPDATE SET value = excluded.value;\n"
+                "COMMIT;"
+            )
+        except BaseException:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _use_wal(self) -> None:
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
