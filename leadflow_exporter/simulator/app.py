@@ -35,6 +35,9 @@ DEFAULT_PAGE_SIZE = 250
 RATE_WINDOW_SECONDS = 60.0
 # Share of requests refused in the rate-limited scenario.
 RATE_LIMITED_SHARE = 0.3
+# Share of successful responses cut off in the truncated-bodies scenario; the first half of
+# them end early with an honest Content-Length, the rest drop the connection mid-body.
+TRUNCATED_SHARE = 0.3
 # In messy-data, a duplicated record is served again this many seconds further down the
 # ordering, which usually lands it on a later page or in the next polling window.
 DUPLICATE_OFFSET_SECONDS = 300
@@ -340,7 +343,32 @@ async def _serve_history(request: web.Request, state: SimulatorState, kind: str)
     first = (q.page - 1) * q.page_size
     records = [render(c, now, state.seed) for c in calls[first : first + q.page_size]]
     state.stats.records[kind] += len(records)
+    if scenario == "truncated-bodies":
+        u = unit(state.seed, str(n), "truncated")
+        if u < TRUNCATED_SHARE:
+            return await _truncated(request, msgspec.json.encode({"response": records}), u)
     return _json({"response": records})
+
+
+class _Truncated(web.StreamResponse):
+    """A response that announces its full length, sends part of the body and hangs up."""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        return None
+
+
+async def _truncated(request: web.Request, body: bytes, u: float) -> web.StreamResponse:
+    cut = max(1, len(body) // 2)
+    if u < TRUNCATED_SHARE / 2:
+        # Complete as far as HTTP goes: the JSON just ends half way.
+        return web.Response(body=body[:cut], status=200, content_type="application/json")
+    response = _Truncated(status=200, headers={"Content-Type": "application/json"})
+    response.content_length = len(body)
+    await response.prepare(request)
+    await response.write(body[:cut])
+    if request.transport is not None:
+        request.transport.close()
+    return response
 
 
 async def handle_history(request: web.Request) -> web.Response:

@@ -61,6 +61,12 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario("slow", "API responses are delayed by slow_seconds.", affects_api=True),
         Scenario(
+            "truncated-bodies",
+            "A share of successful API responses is cut off mid-JSON: some with an honest "
+            "Content-Length, some by closing the connection before the announced length.",
+            affects_api=True,
+        ),
+        Scenario(
             "messy-data",
             "Records use every documented value variant, carry unknown fields, miss optional "
             "fields; a few are malformed and some are served twice.",
