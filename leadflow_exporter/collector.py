@@ -62,25 +62,15 @@ METRIC_NAMES = frozenset(
 INVALID_REASONS = ("missing_sid", "bad_call_date", "malformed")
 
 
-class LeadFlowCollector(Collector):
-    def __init__(
-        self,
-        ledger: Ledger,
-        health: Health,
-        budget: RateBudget,
-        *,
-        interval_seconds: float,
-        extra_labels: tuple[str, ...] = (),
-    ) -> None:
+class LedgerCollector(Collector):
+    """The business metrics: large, and changed only when a poll cycle commits."""
+
+    def __init__(self, ledger: Ledger, *, extra_labels: tuple[str, ...] = ()) -> None:
         self.ledger = ledger
-        self.health = health
-        self.budget = budget
-        self.interval_seconds = interval_seconds
         self.extra_labels = extra_labels
 
     def collect(self) -> Iterator[Metric]:
-        yield from self._business()
-        yield from self._exporter()
+        return self._business()
 
     def _business(self) -> Iterator[Metric]:
         totals = self.ledger.totals
@@ -184,7 +174,22 @@ class LeadFlowCollector(Collector):
             lambda t: t.last_call_ts,
         )
 
-    def _exporter(self) -> Iterator[Metric]:
+
+class HealthCollector(Collector):
+    """The exporter's own health: a few dozen series that change during a cycle too.
+
+    Rendered on every scrape, so a cycle stuck in retries shows its errors while it lasts.
+    """
+
+    def __init__(
+        self, ledger: Ledger, health: Health, budget: RateBudget, *, interval_seconds: float
+    ) -> None:
+        self.ledger = ledger
+        self.health = health
+        self.budget = budget
+        self.interval_seconds = interval_seconds
+
+    def collect(self) -> Iterator[Metric]:
         health = self.health
         yield GaugeMetricFamily(
             "leadflow_up",
@@ -329,3 +334,25 @@ def _per_set(
     for set_name, totals in sets:
         family.add_metric([set_name], value(totals))
     return family
+
+
+class LeadFlowCollector(Collector):
+    """Every exporter metric from one collector, for one-shot renders such as tests."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        health: Health,
+        budget: RateBudget,
+        *,
+        interval_seconds: float,
+        extra_labels: tuple[str, ...] = (),
+    ) -> None:
+        self.parts = (
+            LedgerCollector(ledger, extra_labels=extra_labels),
+            HealthCollector(ledger, health, budget, interval_seconds=interval_seconds),
+        )
+
+    def collect(self) -> Iterator[Metric]:
+        for part in self.parts:
+            yield from part.collect()

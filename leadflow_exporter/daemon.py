@@ -21,7 +21,7 @@ from prometheus_client import (
 from leadflow_exporter import __version__
 from leadflow_exporter.client import LeadFlowClient
 from leadflow_exporter.clock import Clock, SystemClock
-from leadflow_exporter.collector import LeadFlowCollector
+from leadflow_exporter.collector import HealthCollector, LedgerCollector
 from leadflow_exporter.config import Config, ConfigError, load_config
 from leadflow_exporter.exposition import Exposition
 from leadflow_exporter.health import Health
@@ -73,16 +73,12 @@ class Daemon:
         )
         self.budget = RateBudget(config.api.requests_per_minute, self.clock)
         registry = CollectorRegistry(auto_describe=False)
-        self.collector = LeadFlowCollector(
-            self.ledger,
-            self.health,
-            self.budget,
-            interval_seconds=config.poll.interval_seconds,
-            extra_labels=config.metrics.extra_labels,
+        registry.register(LedgerCollector(self.ledger, extra_labels=config.metrics.extra_labels))
+        self.collector = HealthCollector(
+            self.ledger, self.health, self.budget, interval_seconds=config.poll.interval_seconds
         )
-        registry.register(self.collector)
         live = CollectorRegistry(auto_describe=False)
-        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+        for collector in (self.collector, PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
             live.register(collector)
         self.exposition = Exposition(registry, live)
         self._session: aiohttp.ClientSession | None = None
