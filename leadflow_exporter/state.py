@@ -120,6 +120,13 @@ class SQLiteStore:
         )
 
     def load(self, extra_labels: tuple[str, ...]) -> Snapshot | None:
+        try:
+            return self._load(extra_labels)
+        except sqlite3.DatabaseError as exc:
+            # Damage deeper in the file shows only when its pages are read.
+            raise StateError(f"{self.path}: not a usable state file ({exc})") from None
+
+    def _load(self, extra_labels: tuple[str, ...]) -> Snapshot | None:
         watermark = self._meta("watermark")
         if watermark is None:
             return None

@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import sqlite3
 import stat
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -121,6 +123,48 @@ def test_corrupted_state_file_is_refused_not_reset(tmp_path: Path) -> None:
         store = SQLiteStore(path)
         store.load(())
     assert str(path) in str(excinfo.value)
+
+
+def test_damage_deep_in_the_file_is_refused_when_loading(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    for i in range(20):
+        _write(
+            store,
+            calls=i,
+            new_seen={bucket_of(BUSY) + i: set(range(i * 1000, i * 1000 + 1000))},
+        )
+    store.close()
+    data = bytearray(path.read_bytes())
+    # The last pages hold seen sids: the file still opens, but cannot be read in full.
+    for offset in range(len(data) - 5 * 4096, len(data), 7):
+        data[offset] = 0xA5
+    path.write_bytes(bytes(data))
+    store = SQLiteStore(path)
+    with pytest.raises(StateError, match="not a usable state file"):
+        store.load(())
+    store.close()
+
+
+def test_the_daemon_refuses_to_start_on_a_bad_state_file(tmp_path: Path) -> None:
+    state = tmp_path / "state.db"
+    state.write_bytes(b"\x00garbage" * 1000)
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "api:\n  access_key: a\n  secret_access_key: b\n  rate_limit_key: c\n"
+        f"state:\n  path: {state}\nserver:\n  listen: 127.0.0.1:0\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "leadflow_exporter", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("state.path: ")
+    assert "not a usable state file" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert state.read_bytes() == b"\x00garbage" * 1000
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:
