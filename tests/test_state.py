@@ -146,6 +146,7 @@ def test_damage_deep_in_the_file_is_refused_when_loading(tmp_path: Path) -> None
     store.close()
 
 
+@pytest.mark.e2e
 def test_the_daemon_refuses_to_start_on_a_bad_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     state.write_bytes(b"\x00garbage" * 1000)
