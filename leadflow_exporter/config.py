@@ -384,11 +384,18 @@ def _poll(raw: Any, problems: _Problems) -> PollConfig:
     max_call = float(
         _number(section, "max_call_seconds", "poll", problems, d.max_call_seconds, minimum=0)
     )
-    if "overlap_seconds" in section and "interval_seconds" in section and overlap < interval:
-        problems.add(
-            "poll.overlap_seconds",
-            f"must be >= poll.interval_seconds ({interval:g}) so consecutive windows overlap",
-        )
+    if overlap < interval:
+        # Blame the key the user set; with only one of them set, the other is its default.
+        if "overlap_seconds" in section:
+            problems.add(
+                "poll.overlap_seconds",
+                f"must be >= poll.interval_seconds ({interval:g}) so consecutive windows overlap",
+            )
+        else:
+            problems.add(
+                "poll.interval_seconds",
+                f"must be <= poll.overlap_seconds ({overlap:g}) so consecutive windows overlap",
+            )
     return PollConfig(
         interval_seconds=interval,
         overlap_seconds=overlap,

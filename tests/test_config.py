@@ -887,3 +887,14 @@ def test_check_missing_file(
     assert cli.main(["check", "--config", str(tmp_path / "absent.yml")]) == 1
     _, err = capsys.readouterr()
     assert "cannot read" in err
+
+
+def test_interval_longer_than_the_default_overlap_is_refused() -> None:
+    from leadflow_exporter.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"poll": {"interval_seconds": 1200}}, require_credentials=False)
+    assert caught.value.problems == [
+        "poll.interval_seconds: must be <= poll.overlap_seconds (900) so consecutive windows "
+        "overlap"
+    ]
