@@ -35,7 +35,7 @@ from leadflow_exporter.webconfig import WebConfigWatcher, auth_middleware
 
 log = structlog.get_logger("leadflow_exporter.daemon")
 
-STOP_GRACE_SECONDS = 20.0
+STOP_GRACE_SECONDS = 8.0
 # Changing these means a different ledger or socket: they need a restart, not a reload.
 RESTART_ONLY = (
     ("state", "path"),

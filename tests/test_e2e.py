@@ -250,7 +250,15 @@ def test_daemon_counts_exactly_what_the_api_served(stacks: list[Stack], tmp_path
 
 @pytest.mark.parametrize(
     "scenario",
-    ["no-buyer-spike", "affiliate-cap-spike", "messy-data", "slow", "rate-limited", "api-outage"],
+    [
+        "no-buyer-spike",
+        "affiliate-cap-spike",
+        "messy-data",
+        "slow",
+        "rate-limited",
+        "api-outage",
+        "truncated-bodies",
+    ],
 )
 def test_each_scenario_ends_equal_to_truth(
     scenario: str, stacks: list[Stack], tmp_path: Path
@@ -258,7 +266,7 @@ def test_each_scenario_ends_equal_to_truth(
     stack = start_stack(tmp_path, scenario=scenario, seed=5)
     stacks.append(stack)
     time.sleep(6)
-    if scenario in ("rate-limited", "api-outage"):
+    if scenario in ("rate-limited", "api-outage", "truncated-bodies"):
 
         def errors_seen() -> bool:
             samples = stack.samples()
