@@ -25,6 +25,7 @@ from leadflow_exporter.simulator.call import (
 from leadflow_exporter.simulator.catalog import (
     AFFILIATE_CAP_SPIKE_AFFILIATE,
     NO_BUYER_SPIKE_SET_ID,
+    SETS_BY_ID,
 )
 
 
@@ -107,22 +108,78 @@ def _refused(call: Call, status: str) -> Call:
     )
 
 
+# Traffic scenarios that can be aimed at one set and given another size (see targeted()).
+TARGETABLE = ("no-buyer-spike", "affiliate-cap-spike")
+
+
+def targeted(name: str, *, set_id: int | None = None, share: float | None = None) -> str:
+    """The name of spike scenario ``name`` aimed at one set and/or with another size.
+
+    ``"no-buyer-spike:set=103,share=0.5"``: half of the set's calls that would connect find no
+    buyer. ``"affiliate-cap-spike:set=104,share=0.6"``: 60 % of the set's calls (from any of
+    its affiliates) are refused with Affiliate Cap. Without ``set`` the spike hits its usual
+    target (set 102 / affiliate ClickSpring Media); without ``share`` its usual share. Such
+    names go wherever a scenario name does in a :class:`Schedule` (backtests place spikes of
+    different sets and sizes with them); the simulator's admin endpoint takes plain names only.
+    """
+    if name not in TARGETABLE:
+        raise ValueError(f"scenario {name!r} cannot be targeted; only {', '.join(TARGETABLE)}")
+    params = []
+    if set_id is not None:
+        params.append(f"set={set_id}")
+    if share is not None:
+        params.append(f"share={share:g}")
+    full = f"{name}:{','.join(params)}" if params else name
+    parse_scenario(full)  # validates
+    return full
+
+
+def parse_scenario(name: str) -> tuple[str, dict[str, float]]:
+    """Split a scenario name into its base name and targeting parameters; ValueError if bad."""
+    base, _, rest = name.partition(":")
+    if base not in SCENARIOS:
+        raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+    params: dict[str, float] = {}
+    if not rest:
+        return base, params
+    if base not in TARGETABLE:
+        raise ValueError(f"scenario {base!r} takes no parameters: {name!r}")
+    for item in rest.split(","):
+        key, _, value = item.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"bad parameter {item!r} in scenario {name!r}") from None
+        if key == "set" and int(number) == number and int(number) in SETS_BY_ID:
+            params["set"] = int(number)
+        elif key == "share" and 0 < number <= 1:
+            params["share"] = number
+        else:
+            raise ValueError(f"bad parameter {item!r} in scenario {name!r}")
+    return base, params
+
+
 def apply_scenario(call: Call, name: str, seed: int) -> Call:
     """The call as it happens when it starts while scenario ``name`` is in force."""
-    if name not in SCENARIOS:
-        raise ValueError(f"unknown scenario {name!r}")
-    if name == "no-buyer-spike":
+    base, params = parse_scenario(name)
+    if base == "no-buyer-spike":
         if (
-            call.set_id == NO_BUYER_SPIKE_SET_ID
+            call.set_id == params.get("set", NO_BUYER_SPIKE_SET_ID)
             and call.lead_status == CONNECTED
-            and unit(seed, call.sid, "no-buyer-spike") < NO_BUYER_SPIKE_SHARE
+            and unit(seed, call.sid, "no-buyer-spike") < params.get("share", NO_BUYER_SPIKE_SHARE)
         ):
             call = _refused(call, NO_BUYER)
-    elif name == "affiliate-cap-spike":
+    elif base == "affiliate-cap-spike":
+        hit = (
+            call.set_id == params["set"]
+            if "set" in params
+            else call.affiliate == AFFILIATE_CAP_SPIKE_AFFILIATE
+        )
         if (
-            call.affiliate == AFFILIATE_CAP_SPIKE_AFFILIATE
+            hit
             and call.lead_status != AFFILIATE_CAP
-            and unit(seed, call.sid, "affiliate-cap-spike") < AFFILIATE_CAP_SPIKE_SHARE
+            and unit(seed, call.sid, "affiliate-cap-spike")
+            < params.get("share", AFFILIATE_CAP_SPIKE_SHARE)
         ):
             call = _refused(call, AFFILIATE_CAP)
     elif name == "messy-data":
@@ -151,8 +208,7 @@ class Schedule:
             self.switch(at, name)
 
     def switch(self, at: float, name: str) -> None:
-        if name not in SCENARIOS:
-            raise ValueError(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+        parse_scenario(name)  # ValueError for an unknown name or bad targeting
         if self._starts and at < self._starts[-1]:
             raise ValueError("scenario switches must be appended in time order")
         if self._starts and at == self._starts[-1]:
@@ -176,4 +232,5 @@ class Schedule:
         lo = bisect.bisect_right(self._starts, start)
         hi = bisect.bisect_left(self._starts, end)
         names.update(self._names[lo:hi])
-        return all(n == "steady" or SCENARIOS[n].affects_api for n in names)
+        bases = {parse_scenario(n)[0] for n in names}
+        return all(n == "steady" or SCENARIOS[n].affects_api for n in bases)
