@@ -16,7 +16,7 @@ chosen when the test starts so that the busiest spike target still finishes far 
 alerts' minimum of 20 calls per (compressed) 10-minute window, whatever the time of day.
 
 The 24m baseline cannot fill within the test: the baseline is the average since Prometheus
-started (about a minute of steady traffic when the first spike starts). Before the spike, the
+started (25 s or more of steady traffic when the first spike starts). Before the spike, the
 baseline equals the current share, so the threshold max(baseline + 0.15, 0.25) is always above
 the steady share and nothing fires. During a spike the baseline absorbs the spike only in
 proportion to its duration: after ``s`` seconds of a spike of share ``r`` over a steady share
