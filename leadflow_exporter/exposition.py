@@ -4,12 +4,19 @@ The totals only change when a poll cycle commits, so rendering them on every scr
 repeat identical work. Each cycle renders the text and OpenMetrics forms once, and keeps a
 gzip stream primed with them; a scrape only appends the few process metrics that do change
 between cycles, by continuing a copy of that primed compressor.
+
+Even that tail costs more than sending the bytes (reading /proc, copying the compressor's
+state), so each finished response, per format and encoding, is kept for `live_seconds`: a
+burst of scrapes (HA Prometheus pairs, federation, dashboards hitting the exporter directly)
+is then answered with ready bytes, and process figures are at most that old.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -21,6 +28,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _EOF = b"# EOF\n"
 _GZIP_WBITS = 16 + zlib.MAX_WBITS
+# How long a finished response (process metrics included) is served again.
+LIVE_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -36,14 +45,32 @@ def _prime(body: bytes) -> _Rendered:
     return _Rendered(body, prefix, compressor)
 
 
+@dataclass(frozen=True)
+class _Response:
+    renders: int
+    made: float
+    body: bytes
+
+
 class Exposition:
-    def __init__(self, cached: CollectorRegistry, live: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        cached: CollectorRegistry,
+        live: CollectorRegistry | None = None,
+        *,
+        live_seconds: float = LIVE_SECONDS,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._cached = cached
         self._live = live
         self._lock = threading.Lock()
         self._text = _prime(b"")
         self._openmetrics = _prime(b"")
         self.renders = 0
+        self.live_seconds = live_seconds
+        self._monotonic = monotonic
+        # Keyed by (openmetrics, gzip); only ever touched from the event loop's thread.
+        self._responses: dict[tuple[bool, bool], _Response] = {}
 
     def render(self) -> None:
         """Render the cached registry; safe to call from a worker thread."""
@@ -58,8 +85,24 @@ class Exposition:
 
     def body(self, *, openmetrics: bool, gzip: bool) -> tuple[bytes, str]:
         """The response body and its content type."""
+        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
+        key = (openmetrics, gzip)
+        now = self._monotonic()
+        kept = self._responses.get(key)
+        if (
+            kept is not None
+            and kept.renders == self.renders
+            and now - kept.made < self.live_seconds
+        ):
+            return kept.body, content_type
         with self._lock:
             rendered = self._openmetrics if openmetrics else self._text
+            renders = self.renders
+        body = self._assemble(rendered, openmetrics=openmetrics, gzip=gzip)
+        self._responses[key] = _Response(renders, now, body)
+        return body, content_type
+
+    def _assemble(self, rendered: _Rendered, *, openmetrics: bool, gzip: bool) -> bytes:
         tail = b""
         if self._live is not None:
             tail = generate_openmetrics(self._live) if openmetrics else generate_latest(self._live)
@@ -67,11 +110,10 @@ class Exposition:
                 tail = tail[: -len(_EOF)]
         if openmetrics:
             tail += _EOF
-        content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
         if not gzip:
-            return rendered.body + tail, content_type
+            return rendered.body + tail
         compressor = rendered.compressor.copy()
-        return rendered.gzip_prefix + compressor.compress(tail) + compressor.flush(), content_type
+        return rendered.gzip_prefix + compressor.compress(tail) + compressor.flush()
 
 
 def wants_openmetrics(accept: str) -> bool:

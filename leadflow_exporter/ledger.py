@@ -8,6 +8,7 @@ the next cycle reads the same window again and the seen-sid set decides what is 
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
@@ -244,6 +245,9 @@ class Ledger:
 
     def add(self, batch: CycleBatch, records: Iterable[CallRecord], *, count: bool) -> None:
         """Stage finished calls; each sid is counted at most once, ever."""
+        if count:
+            self._add_counted(batch, records)
+            return
         seen = self.seen
         new_seen = batch.new_seen
         for record in records:
@@ -260,14 +264,90 @@ class Ledger:
                 batch.duplicates += 1
                 continue
             staged.add(key)
-            if count:
-                self._count(batch, record)
-            else:
-                batch.baseline += 1
+            batch.baseline += 1
+            totals = self._set_totals(batch, record.set_name)
+            if totals is not None and record.call_ts > totals.last_call_ts:
+                totals.last_call_ts = record.call_ts
+            self._call_series(batch, record)
+
+    def _add_counted(self, batch: CycleBatch, records: Iterable[CallRecord]) -> None:
+        """`add(count=True)`: `_count` and `SetTotals.add_call` inlined.
+
+        With the decoding, this loop is the whole per-record cost of a catch-up, so it keeps
+        its look-ups in local names and only falls back to the general helpers the first
+        time a set or a series shows up in the batch.
+        """
+        seen = self.seen
+        new_seen = batch.new_seen
+        batch_sets = batch.sets
+        batch_calls = batch.calls
+        known_calls = self.totals.calls
+        extra_labels = self.extra_labels
+        counted = duplicates = 0
+        for record in records:
+            call_ts = record.call_ts
+            bucket = int(call_ts // BUCKET_SECONDS)
+            key = record.sid_key
+            known = seen.get(bucket)
+            if known is not None and key in known:
+                duplicates += 1
+                continue
+            staged = new_seen.get(bucket)
+            if staged is None:
+                staged = new_seen[bucket] = set()
+            elif key in staged:
+                duplicates += 1
+                continue
+            staged.add(key)
+            counted += 1
+            totals = batch_sets.get(record.set_name)
+            if totals is None:
                 totals = self._set_totals(batch, record.set_name)
-                if totals is not None and record.call_ts > totals.last_call_ts:
-                    totals.last_call_ts = record.call_ts
-                self._call_series(batch, record)
+            if totals is not None:
+                talk = record.talk_seconds
+                totals.talk_seconds += talk
+                totals.call_seconds += record.total_seconds
+                if record.offer_price:
+                    totals.revenue += record.offer_price
+                if record.affiliate_price:
+                    totals.payout += record.affiliate_price
+                if record.margin:
+                    totals.margin += record.margin
+                # Flags are mostly "N": a test is cheaper than adding a zero.
+                if record.offer_qualified:
+                    totals.qualified_offer += 1
+                if record.affiliate_qualified:
+                    totals.qualified_affiliate += 1
+                if record.reroute:
+                    totals.reroute += 1
+                if record.repeat_affiliate_caller:
+                    totals.repeat_affiliate_caller += 1
+                if record.contested:
+                    totals.contested += 1
+                # bisect_left finds the first bound >= talk: the `le` bucket it falls in.
+                index = bisect_left(TALK_BUCKETS, talk)
+                totals.talk_buckets[index] += 1
+                if call_ts > totals.last_call_ts:
+                    totals.last_call_ts = call_ts
+            if extra_labels:
+                extra = record.extra
+                series = (
+                    record.set_name,
+                    record.lead_status,
+                    *(extra[name] for name in extra_labels),
+                )
+            else:
+                series = (record.set_name, record.lead_status)
+            if series in batch_calls:
+                batch_calls[series] += 1
+            elif series in known_calls:
+                batch_calls[series] = 1
+            else:
+                new_key = self._call_series(batch, record)
+                if new_key is not None:
+                    batch_calls[new_key] += 1
+        batch.counted += counted
+        batch.duplicates += duplicates
 
     def _set_totals(self, batch: CycleBatch, set_name: str) -> SetTotals | None:
         totals = batch.sets.get(set_name)

@@ -1,0 +1,141 @@
+"""API cost: what the exporter asks of the LeadFlow API, beside the least any poller could.
+
+The exporter's own client and poller poll the simulator over HTTP on loopback, on a manual
+clock that moves one poll interval per cycle (a busy weekday morning, so no minute is idle).
+The simulator counts every request by kind (`GET /_sim/stats`) and knows the truth:
+
+- minimum per interval: the pages needed to read each call that finished in it once,
+  `max(1, ceil(finished / 250))` (a poller has to ask to learn there was nothing), plus the
+  active poll, `max(1, ceil(active / 250))`;
+- records read per record counted: records the API served / calls the exporter counted.
+
+The first cycle (a baseline of the overlap window, not counted) is left out of both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+
+from leadflow_exporter.client import LeadFlowClient
+from leadflow_exporter.clock import ManualClock
+from leadflow_exporter.config import ApiConfig, PollConfig, Secret
+from leadflow_exporter.health import Health
+from leadflow_exporter.ledger import Ledger, MemoryStore
+from leadflow_exporter.poller import Poller
+from leadflow_exporter.ratebudget import RateBudget
+from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, STATE_KEY, create_app
+
+# Tuesday 10:00 US Eastern: business hours, every set busy.
+BUSY = datetime(2026, 11, 17, 15, 0, tzinfo=UTC).timestamp()
+PAGE_SIZE = 250
+REQUESTS_PER_MINUTE = 90  # the config default
+
+
+@dataclass
+class CostFigures:
+    volume: float
+    minutes: float
+    requests: dict[str, int]
+    minimum: int
+    max_per_minute: int
+    records_served: int
+    counted: int
+    matches_truth: bool
+
+    @property
+    def total(self) -> int:
+        return sum(self.requests.values())
+
+    @property
+    def per_minute(self) -> float:
+        return self.total / self.minutes
+
+    @property
+    def minimum_per_minute(self) -> float:
+        return self.minimum / self.minutes
+
+    @property
+    def ratio(self) -> float:
+        return self.total / self.minimum
+
+    @property
+    def read_per_counted(self) -> float:
+        return self.records_served / self.counted if self.counted else float("nan")
+
+
+def _pages(count: int) -> int:
+    return max(1, math.ceil(count / PAGE_SIZE))
+
+
+async def measure(volume: float, *, minutes: int, seed: int = 3) -> CostFigures:
+    poll = PollConfig(interval_seconds=60.0)
+    clock = ManualClock(BUSY)
+    app = create_app(
+        seed=seed, volume=volume, clock=clock.now, rate_limit_per_minute=0, slow_seconds=0.0
+    )
+    sim = app[STATE_KEY]
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    health = Health()
+    ledger = Ledger(MemoryStore(), health, retention_seconds=poll.overlap_seconds + 14400.0)
+    api = ApiConfig(
+        base_url=str(server.make_url(HISTORY_PATH)),
+        access_key=Secret(DEFAULT_CREDENTIALS.access_key),
+        secret_access_key=Secret(DEFAULT_CREDENTIALS.secret_access_key),
+        rate_limit_key=Secret(DEFAULT_CREDENTIALS.rate_limit_key),
+        requests_per_minute=REQUESTS_PER_MINUTE,
+    )
+    budget = RateBudget(api.requests_per_minute, clock)
+    try:
+        async with aiohttp.ClientSession() as session:
+            client = LeadFlowClient(api, session, budget, clock, health)
+            poller = Poller(
+                poll, client, ledger, health, clock, requests_per_minute=api.requests_per_minute
+            )
+
+            async def stats() -> dict[str, object]:
+                async with session.get(str(server.make_url("/_sim/stats"))) as response:
+                    return await response.json()  # type: ignore[no-any-return]
+
+            await poller.run_cycle()  # the baseline cycle
+            start = clock.now()
+            before = await stats()
+            minimum = 0
+            max_per_minute = 0
+            previous_total = before["requests_total"]
+            for _ in range(minutes):
+                cycle_start = clock.now()
+                clock.advance(poll.interval_seconds)
+                await poller.run_cycle()
+                truth = sim.truth(since=cycle_start, until=cycle_start + poll.interval_seconds)
+                minimum += _pages(truth["calls_total"]) + _pages(truth["active_total"])
+                now_stats = await stats()
+                max_per_minute = max(max_per_minute, now_stats["requests_total"] - previous_total)
+                previous_total = now_stats["requests_total"]
+            after = await stats()
+            truth = sim.truth(since=start, until=clock.now())
+            counted = sum(ledger.totals.calls.values())
+    finally:
+        await server.close()
+    requests = {
+        kind: after["requests"][kind] - before["requests"][kind]  # type: ignore[index]
+        for kind in ("history", "active", "sid")
+    }
+    return CostFigures(
+        volume=volume,
+        minutes=(clock.now() - start) / 60.0,
+        requests=requests,
+        minimum=minimum,
+        max_per_minute=max_per_minute,
+        records_served=after["records_served"] - before["records_served"],  # type: ignore[operator]
+        counted=counted,
+        # Calls that finished before the first counting cycle but were still in flight at the
+        # baseline are counted too; the exact comparison is the poller tests' job. Here the
+        # count must at least cover every call that finished during the run.
+        matches_truth=counted >= truth["calls_total"],
+    )
