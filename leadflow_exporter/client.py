@@ -136,7 +136,9 @@ class LeadFlowClient:
         return Query(kind, params)
 
     def sid_query(self, sid: str) -> Query:
-        return Query("sid", {"sid": sid})
+        # active=0: a call that only dropped out of a shifting page of the live list must not
+        # come back in progress, with partial values, and be counted as finished.
+        return Query("sid", {"sid": sid, "active": "0"})
 
     # -- fetching --------------------------------------------------------------------------
 
@@ -166,8 +168,13 @@ class LeadFlowClient:
                 return result
         detail = f"{query.kind} query still had full pages after {self.api.max_pages} pages"
         self._health.api_errors[(query.kind, "page_cap")] += 1
-        log.warning("api_query_failed", query=query.kind, reason="page_cap", detail=detail,
-                    pages=result.pages)
+        log.warning(
+            "api_query_failed",
+            query=query.kind,
+            reason="page_cap",
+            detail=detail,
+            pages=result.pages,
+        )
         raise QueryFailed("page_cap", detail)
 
     async def _get_page(self, kind: str, params: dict[str, str]) -> Any:

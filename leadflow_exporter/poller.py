@@ -67,6 +67,10 @@ class Poller:
         self._set_ids: tuple[int | None, ...] = poll.set_ids or (None,)
         # Overdue followed calls already asked for by sid once: the next miss gives up on them.
         self._last_look: set[str] = set()
+        # Consecutive live-call polls each followed call was missing from. The live list
+        # changes while it is paged through, so one miss can be a call that shifted to an
+        # already-read page; two in a row mean it ended.
+        self._misses: dict[str, int] = {}
 
     # -- one cycle ---------------------------------------------------------------------------
 
@@ -222,11 +226,14 @@ class Poller:
     ) -> None:
         window_start = (self.ledger.watermark or now) - self.poll.overlap_seconds
         self._last_look.intersection_update(followed)
+        self._misses = {sid: n for sid, n in self._misses.items() if sid in followed}
         overdue_after = self.poll.max_call_seconds + self.poll.overlap_seconds
         due: list[FollowedCall] = []
         for sid, call in list(followed.items()):
             if sid in active_sids or self.ledger.is_seen(call.sid_key, call.call_ts, batch):
+                self._misses.pop(sid, None)
                 continue
+            misses = self._misses[sid] = self._misses.get(sid, 0) + 1
             if now - call.call_ts > overdue_after:
                 if sid not in self._last_look:
                     # Overdue, e.g. it finished while the exporter was down: one last look by
@@ -247,6 +254,8 @@ class Poller:
             # A call still inside the history window shows up there once finished; a sid query
             # is needed only for calls that started before the window, or that went missing
             # from both lists for longer than a cycle.
+            if misses < 2:
+                continue
             missing_for = now - call.last_active
             if call.call_ts < window_start or missing_for > 2 * self.poll.interval_seconds:
                 due.append(call)

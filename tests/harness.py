@@ -42,8 +42,15 @@ class Harness:
         for _ in range(int(seconds // interval)):
             await self.cycle(interval)
 
+    async def settle(self) -> None:
+        """Freeze the simulator and poll twice: a call is taken as ended only after it was
+        missing from two live-call polls, so the last one to end needs a cycle more."""
+        self.sim.pause()
+        for _ in range(2):
+            await self.cycle(self.poller.poll.interval_seconds)
+
     def truth(self) -> dict[str, Any]:
-        return self.sim.truth(since=self.start, until=self.clock.now())
+        return self.sim.truth(since=self.start, until=self.sim.now())
 
 
 def api_config(base_url: str, **overrides: Any) -> ApiConfig:

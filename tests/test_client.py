@@ -275,7 +275,7 @@ async def test_active_query_sends_active_1_and_no_set_id_when_none(
     assert sids(result) == ["CA00001"]
 
 
-async def test_sid_query_sends_only_sid_and_makes_one_request(
+async def test_sid_query_asks_for_the_finished_call_in_one_request(
     make_client: Callable[..., LeadFlowClient], api: FakeApi
 ) -> None:
     # page_size 1 and one record back: a window query would ask for page 2; a sid query
@@ -284,7 +284,7 @@ async def test_sid_query_sends_only_sid_and_makes_one_request(
     api.add(reply(body={"response": [record(42)]}))
     result = await client.fetch(client.sid_query("CA00042"))
     assert len(api.seen) == 1
-    assert api.seen[0].params == {"sid": "CA00042"}
+    assert api.seen[0].params == {"sid": "CA00042", "active": "0"}
     assert sids(result) == ["CA00042"]
     assert result.pages == 1
 

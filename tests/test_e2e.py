@@ -89,11 +89,12 @@ class Stack:
         return out
 
     def settle(self) -> None:
-        """Freeze the simulator, then wait for a whole cycle that started after the freeze.
+        """Freeze the simulator, then wait for two whole cycles that started after the freeze.
 
         A cycle polls the live calls first and history second, and the business metrics are
-        rendered when it ends; so three successive live-call polls after the freeze mean the
-        middle one's cycle ran entirely on the frozen simulator and is what /metrics shows.
+        rendered when it ends. A call counts as ended once it was missing from two live-call
+        polls, so the second cycle run entirely on the frozen simulator is the one to compare;
+        it is on /metrics once the live-call poll after it has happened.
         """
         self.sim("POST", "/_sim/pause")
         paused_at = time.time()
@@ -110,7 +111,7 @@ class Stack:
             if active > max([paused_at, *marks]):
                 marks.append(active)
             return (
-                len(marks) >= 3
+                len(marks) >= 4
                 and success("history") > marks[-2]
                 and samples.get(("leadflow_up", ()), 0) == 1
             )

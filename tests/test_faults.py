@@ -138,6 +138,7 @@ async def test_api_outage_of_several_cycles(tmp_path: Path) -> None:
         assert "server_error" in errors
         h.sim.set_scenario("steady")
         await h.run_for(900)
+        await h.settle()
         page = render(h)
         assert sample(page, "leadflow_up") == 1
         assert assert_metrics_match(page, h.truth()) > 100
@@ -159,6 +160,7 @@ async def test_429_storm(tmp_path: Path) -> None:
         assert sum(h.clock.slept) > 10
         h.sim.set_scenario("steady")
         await h.run_for(120)
+        await h.settle()
         assert assert_metrics_match(render(h), h.truth()) > 100
         h.ledger.close()
 
@@ -178,6 +180,7 @@ async def test_truncated_bodies(tmp_path: Path) -> None:
         assert h.health.api_errors[("history", "truncated_body")] > 5
         h.sim.set_scenario("steady")
         await h.run_for(120)
+        await h.settle()
         assert assert_metrics_match(render(h), h.truth()) > 100
         h.ledger.close()
 
@@ -190,6 +193,7 @@ async def test_duplicate_and_malformed_records(tmp_path: Path) -> None:
     ) as h:
         await h.cycle()
         await h.run_for(3600)
+        await h.settle()
         page = render(h)
         truth = h.truth()
         assert assert_metrics_match(page, truth) > 100
@@ -226,6 +230,7 @@ async def test_long_calls_outliving_the_overlap_across_a_restart(tmp_path: Path)
         await h.run_for(3600)
         assert h.health.records["sid"] > 0
         assert h.health.followups_abandoned == 0
+        await h.settle()
         assert assert_metrics_match(render(h), h.truth()) > 100
         h.ledger.close()
 

@@ -32,6 +32,7 @@ async def test_steady_traffic_matches_truth_exactly() -> None:
     async with harness(BUSY, sim={"volume": 2.0}) as h:
         await h.cycle()
         await h.run_for(3 * 3600)
+        await h.settle()
         truth = h.truth()
         assert truth["calls_total"] > 500
         assert all(truth["calls"][s] > 0 for s in ("connected", "no_buyer", "hang_up"))
@@ -50,6 +51,7 @@ async def test_long_calls_outliving_the_overlap_are_counted_once_by_sid() -> Non
         await h.run_for(2 * 3600)
         assert h.health.records["sid"] > 0, "no call needed a sid follow-up"
         assert h.health.followups_abandoned == 0
+        await h.settle()
         assert_matches_truth(h.ledger, h.truth())
 
 
@@ -66,6 +68,7 @@ async def test_dst_days_lose_and_double_nothing(label: str, start: float) -> Non
     async with harness(start, sim={"volume": 20.0}) as h:
         await h.cycle()
         await h.run_for(5 * 3600)
+        await h.settle()
         truth = h.truth()
         assert truth["calls_total"] > 100, label
         assert_matches_truth(h.ledger, truth)
@@ -90,6 +93,7 @@ async def test_failed_cycles_keep_the_watermark_and_the_gap_is_read_later() -> N
         await h.run_for(600)
         assert h.health.last_cycle_ok
         assert h.ledger.watermark is not None and h.ledger.watermark > watermark
+        await h.settle()
         assert_matches_truth(h.ledger, h.truth())
 
 
@@ -97,6 +101,7 @@ async def test_messy_data_is_decoded_counted_and_reported() -> None:
     async with harness(BUSY, sim={"scenario": "messy-data", "volume": 2.0}) as h:
         await h.cycle()
         await h.run_for(3600)
+        await h.settle()
         assert_matches_truth(h.ledger, h.truth())
         assert sum(h.health.invalid_records.values()) > 0
 
@@ -106,6 +111,7 @@ async def test_per_set_queries_match_truth() -> None:
     async with harness(BUSY, poll=poll) as h:
         await h.cycle()
         await h.run_for(3600)
+        await h.settle()
         assert_matches_truth(h.ledger, h.truth())
 
 
@@ -127,5 +133,6 @@ async def test_restart_resumes_from_saved_state(tmp_path) -> None:
         report = await h.cycle()
         assert report.baseline == 0
         await h.run_for(1800)
+        await h.settle()
         assert_matches_truth(h.ledger, h.truth())
         h.ledger.close()

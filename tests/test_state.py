@@ -388,6 +388,7 @@ async def test_restart_resumes_totals_exactly(tmp_path: Path) -> None:
         report = await h.cycle()
         assert report.ok and report.baseline == 0
         await h.run_for(600)
+        await h.settle()
         assert_matches_truth(h.ledger, h.truth())
         h.ledger.close()
 
