@@ -160,3 +160,24 @@ def test_image_pip_steps_install_a_working_cli(tmp_path: Path) -> None:
     ).stdout
     assert "leadflow-exporter @ file://" in freeze or "leadflow_exporter" in freeze.lower()
     assert "-e " not in freeze, "the image must install a wheel, not an editable tree"
+    # Every installed distribution is one the Dockerfile pins, at the pinned version: a new
+    # runtime dependency in pyproject.toml must be pinned there too, not float to latest.
+    pinned = {
+        name.lower().replace("_", "-"): version
+        for name, version in re.findall(r"([A-Za-z0-9_.-]+)==([0-9][^\s\\]*)", dockerfile_run())
+    }
+    checked = 0
+    for line in freeze.splitlines():
+        if "==" not in line:
+            continue
+        name, version = line.split("==", 1)
+        name = name.lower().replace("_", "-")
+        if name in {"pip", "setuptools", "wheel", "leadflow-exporter"}:
+            continue
+        assert pinned.get(name) == version, f"{name}=={version} is installed but not pinned"
+        checked += 1
+    assert checked >= len(pinned) - 1, (checked, sorted(pinned))
+
+
+def dockerfile_run() -> str:
+    return "\n".join(args for keyword, args in builder_stage() if keyword == "RUN")
