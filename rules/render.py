@@ -90,11 +90,16 @@ def scale_durations(text: str, scale: Fraction) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "input", nargs="?", type=Path, default=DEFAULT_INPUT,
+        "input",
+        nargs="?",
+        type=Path,
+        default=DEFAULT_INPUT,
         help="rules or promtool test file (default: the leadflow-exporter rules)",
     )
     parser.add_argument(
-        "--scale", type=parse_scale, default=Fraction(1),
+        "--scale",
+        type=parse_scale,
+        default=Fraction(1),
         help="factor applied to every duration, e.g. 1/60 (default 1: unchanged)",
     )
     parser.add_argument("-o", "--output", type=Path, help="write here instead of stdout")
