@@ -11,14 +11,17 @@ Two runs over the same simulated account (same seed, same traffic):
 For each run the traffic model gives every call's start, end, set and status. The exporter is
 modelled as it behaves: it polls once a minute (at ``--poll-offset`` seconds past the minute)
 and counts each call once it has finished, so ``leadflow_calls_total{set_name,lead_status}``
-steps once a minute; Prometheus scrapes it every ``--scrape-interval``. A day of the same
-traffic before the week fills the rules' 1-day baseline.
+steps once a minute; Prometheus scrapes it every ``--scrape-interval``. ``--warmup-days`` of
+the same traffic before the week (default 8) fill the rules' baselines: with 8 days the
+seasonal baseline (the same time one week earlier) exists for the whole week; with 1 day the
+week runs on the fallback baseline (one day earlier), as in the first week after an install.
 
-The series and the rules file (unchanged, 1-minute evaluation, the recording group before the
-alert group) go to ``promtool test rules`` as a unit test whose ``alert_rule_test`` entries
-expect no alert at every evaluation minute; promtool's rule manager evaluates the real
-recording and alerting rules, ``for:`` included, and lists every alert that is firing where
-none was expected. Those lists are parsed into firing episodes per (alert, set).
+The series of both runs (as two exporter instances) and the rules file (unchanged, 1-minute
+evaluation, the recording group before the alert group) go to one ``promtool test rules`` unit
+test whose ``alert_rule_test`` entries expect no alert at every evaluation minute of the week;
+promtool's rule manager evaluates the real recording and alerting rules, ``for:`` included, and
+lists every alert that is firing where none was expected. Those lists are parsed into firing
+episodes per (alert, instance, set).
 
 A spike counts as detected by the first episode of its alert for its set that starts between
 its onset and its end plus the short window and ``for``; the delay is from onset to the first
@@ -28,6 +31,7 @@ runs) that correspond to a spike.
     python -m bench.backtest                       # the full week, report on stdout
     python -m bench.backtest --json results.json   # also machine-readable
     python -m bench.backtest --days 2 --spikes 3   # a shorter run (what the test uses)
+    python -m bench.backtest --warmup-days 1       # the first week after an install
 """
 
 from __future__ import annotations
@@ -57,7 +61,8 @@ MINUTE = 60
 DAY = 86_400
 
 JOB = "leadflow"
-INSTANCE = "exporter:10151"
+# The two runs are two exporter instances in one promtool evaluation.
+RUNS = {"normal": "normal:10151", "spikes": "spikes:10151"}
 ALERTS = ("LeadFlowNoBuyerSpike", "LeadFlowAffiliateCapSpike", "LeadFlowNoCalls")
 SPIKE_ALERTS = {
     "no-buyer-spike": "LeadFlowNoBuyerSpike",
@@ -128,6 +133,7 @@ class Result:
     poll_offset: int
     rules: str
     week_start: str
+    warmup_days: int = 8
     calls_normal: int = 0
     calls_spikes: int = 0
     normal_episodes: list[Episode] = field(default_factory=list)
@@ -205,21 +211,38 @@ def counter_samples(
 # -- promtool ---------------------------------------------------------------------------------
 
 
+def compress(values: list[int]) -> str:
+    """promtool's series notation for ``values``, runs of one value as ``vxN`` (N+1 values)."""
+    out = []
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        out.append(str(values[i]) if j == i else f"{values[i]}x{j - i}")
+        i = j + 1
+    return " ".join(out)
+
+
 def _series(name: str, labels: dict[str, str], values: list[int] | str) -> str:
     label_text = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    text = values if isinstance(values, str) else " ".join(map(str, values))
+    text = values if isinstance(values, str) else compress(values)
     return f"      - series: '{name}{{{label_text}}}'\n        values: '{text}'\n"
 
 
 def unit_test_file(
     rules: Path,
-    samples: dict[tuple[str, str], list[int]],
+    samples: dict[tuple[str, str], list[int]] | dict[str, dict[tuple[str, str], list[int]]],
     scrape_interval: int,
     eval_minutes: range,
 ) -> str:
-    """A promtool test file: the series, and 'no alert' expected at every evaluation."""
-    n = len(next(iter(samples.values())))
-    base = {"job": JOB, "instance": INSTANCE}
+    """A promtool test file: the series, and 'no alert' expected at every evaluation.
+
+    ``samples`` maps (set, status) to scraped values, or instance to such a map (several
+    exporters in one evaluation).
+    """
+    one = not all(isinstance(k, str) for k in samples)
+    instances = {"exporter:10151": samples} if one else samples
     parts = [
         f"rule_files:\n  - {json.dumps(str(rules))}\n",
         "evaluation_interval: 1m\n",
@@ -227,12 +250,15 @@ def unit_test_file(
         "tests:\n",
         f"  - interval: {scrape_interval}s\n    input_series:\n",
     ]
-    for (set_name, status), values in samples.items():
-        labels = {**base, "set_name": set_name, "lead_status": status}
-        parts.append(_series("leadflow_calls_total", labels, values))
-    # The exporter is up and polling fine the whole time (LeadFlowNoCalls needs leadflow_up).
-    parts.append(_series("up", base, f"1x{n - 1}"))
-    parts.append(_series("leadflow_up", base, f"1x{n - 1}"))
+    for instance, per_key in instances.items():
+        n = len(next(iter(per_key.values())))
+        base = {"job": JOB, "instance": instance}
+        for (set_name, status), values in per_key.items():
+            labels = {**base, "set_name": set_name, "lead_status": status}
+            parts.append(_series("leadflow_calls_total", labels, values))
+        # The exporter is up and polling fine the whole time (LeadFlowNoCalls needs leadflow_up).
+        parts.append(_series("up", base, f"1x{n - 1}"))
+        parts.append(_series("leadflow_up", base, f"1x{n - 1}"))
     parts.append("    alert_rule_test:\n")
     for minute in eval_minutes:
         for alert in ALERTS:
@@ -255,8 +281,8 @@ def _duration_seconds(text: str) -> int:
     return sum(int(n) * units[u] for n, u in parts)
 
 
-def run_promtool(test_text: str, workdir: Path) -> dict[tuple[str, str], list[int]]:
-    """Run the unit test; the firing times (offsets in seconds) per (alert, set_name)."""
+def run_promtool(test_text: str, workdir: Path) -> dict[tuple[str, str, str], list[int]]:
+    """Run the unit test; the firing times (offsets in seconds) per (alert, instance, set)."""
     promtool = shutil.which("promtool")
     if promtool is None:
         raise RuntimeError("promtool not found (Debian package prometheus)")
@@ -266,14 +292,15 @@ def run_promtool(test_text: str, workdir: Path) -> dict[tuple[str, str], list[in
         [promtool, "test", "rules", str(path)], capture_output=True, text=True, check=False
     )
     output = proc.stdout + proc.stderr
-    firing: dict[tuple[str, str], list[int]] = defaultdict(list)
+    firing: dict[tuple[str, str, str], list[int]] = defaultdict(list)
     failures = _FAILURE_RE.findall(output)
     for alert, at, got in failures:
         for labels_text in _LABELS_RE.findall(got + "\n"):
             labels = dict(_LABEL_RE.findall(labels_text))
             if labels.get("alertname") != alert:
                 raise RuntimeError(f"cannot read promtool output: {labels_text!r}")
-            firing[(alert, labels.get("set_name", ""))].append(_duration_seconds(at))
+            key = (alert, labels.get("instance", ""), labels.get("set_name", ""))
+            firing[key].append(_duration_seconds(at))
     # Anything other than "an alert fired where none was expected" is an error of the backtest.
     if proc.returncode != 0 and not failures:
         raise RuntimeError(f"promtool failed:\n{output[-4000:]}")
@@ -284,10 +311,10 @@ def run_promtool(test_text: str, workdir: Path) -> dict[tuple[str, str], list[in
     return firing
 
 
-def episodes(firing: dict[tuple[str, str], list[int]], origin: int) -> list[Episode]:
+def episodes(firing: dict[tuple[str, str, str], list[int]], origin: int) -> list[Episode]:
     """Contiguous runs of firing evaluations (1 minute apart) as episodes, in epoch seconds."""
     out = []
-    for (alert, set_name), offsets in firing.items():
+    for (alert, _instance, set_name), offsets in firing.items():
         offsets = sorted(set(offsets))
         start = prev = offsets[0]
         for t in offsets[1:]:
@@ -303,22 +330,35 @@ def episodes(firing: dict[tuple[str, str], list[int]], origin: int) -> list[Epis
 
 
 def evaluate(
-    model: TrafficModel,
+    models: dict[str, TrafficModel],
     week_start: int,
     days: int,
+    warmup_days: int,
     rules: Path,
     scrape_interval: int,
     poll_offset: int,
     workdir: Path,
-) -> tuple[list[Episode], int]:
-    begin = week_start - DAY  # one day of warm-up for the 1d baseline
+) -> dict[str, tuple[list[Episode], int]]:
+    """Episodes (of the week only) and finished calls per run, all runs in one evaluation."""
+    begin = week_start - warmup_days * DAY
     end = week_start + days * DAY
-    samples, calls = counter_samples(model, begin, end, scrape_interval, poll_offset)
-    # Evaluate every minute of the warm-up day too (the rules need the history), but only
-    # report alerts from the week itself.
-    text = unit_test_file(rules, samples, scrape_interval, range(0, (end - begin) // MINUTE + 1))
+    samples = {}
+    calls = {}
+    for run, model in models.items():
+        samples[RUNS[run]], calls[run] = counter_samples(
+            model, begin, end, scrape_interval, poll_offset
+        )
+    # promtool evaluates the rules at every minute from the start (the warm-up builds the
+    # baselines); alerts are expected (and reported) for the week only.
+    minutes = range((week_start - begin) // MINUTE, (end - begin) // MINUTE + 1)
+    text = unit_test_file(rules, samples, scrape_interval, minutes)
     firing = run_promtool(text, workdir)
-    return [e for e in episodes(firing, begin) if e.start >= week_start], calls
+    out = {}
+    for run in models:
+        mine = {k: v for k, v in firing.items() if k[1] == RUNS[run]}
+        found = [e for e in episodes(mine, begin) if e.start >= week_start]
+        out[run] = (found, calls[run])
+    return out
 
 
 def match(spikes: list[Spike], week_start: datetime, found: list[Episode]) -> list[dict]:
@@ -363,14 +403,24 @@ def backtest(
     scrape_interval: int = 15,
     poll_offset: int = 10,
     week_start: datetime = DEFAULT_START,
+    warmup_days: int = 8,
 ) -> Result:
     started = time.monotonic()
     spikes = list(DEFAULT_SPIKES if spikes is None else spikes)
     if any(s.day >= days for s in spikes):
         raise ValueError("a spike lies outside the simulated days")
     start = int(week_start.timestamp())
+    if warmup_days < 1:
+        raise ValueError("at least one day of warm-up")
     result = Result(
-        days, volume, seed, scrape_interval, poll_offset, str(rules), week_start.isoformat()
+        days,
+        volume,
+        seed,
+        scrape_interval,
+        poll_offset,
+        str(rules),
+        week_start.isoformat(),
+        warmup_days,
     )
     schedule = []
     for s in spikes:
@@ -379,17 +429,19 @@ def backtest(
             (onset, targeted(s.kind, set_id=s.set_id, share=s.share)),
             (onset + s.minutes * MINUTE, "steady"),
         ]
+    traffic_start = start - warmup_days * DAY
+    models = {
+        "normal": TrafficModel(seed=seed, volume=volume, traffic_start=traffic_start),
+        "spikes": TrafficModel(
+            seed=seed, volume=volume, schedule=Schedule(schedule), traffic_start=traffic_start
+        ),
+    }
     with tempfile.TemporaryDirectory(prefix="leadflow-backtest-") as tmp:
-        normal = TrafficModel(seed=seed, volume=volume, traffic_start=start - DAY)
-        result.normal_episodes, result.calls_normal = evaluate(
-            normal, start, days, rules, scrape_interval, poll_offset, Path(tmp)
+        runs = evaluate(
+            models, start, days, warmup_days, rules, scrape_interval, poll_offset, Path(tmp)
         )
-        spiky = TrafficModel(
-            seed=seed, volume=volume, schedule=Schedule(schedule), traffic_start=start - DAY
-        )
-        result.spike_episodes, result.calls_spikes = evaluate(
-            spiky, start, days, rules, scrape_interval, poll_offset, Path(tmp)
-        )
+    result.normal_episodes, result.calls_normal = runs["normal"]
+    result.spike_episodes, result.calls_spikes = runs["spikes"]
     result.spikes = match(spikes, week_start, result.spike_episodes)
     result.seconds = round(time.monotonic() - started, 1)
     return result
@@ -402,7 +454,7 @@ def format_report(result: Result) -> str:
     lines = [
         f"{result.days} days from {result.week_start}, seed {result.seed}, volume "
         f"{result.volume:g}, scrape every {result.scrape_interval}s, polls at :"
-        f"{result.poll_offset:02d}; rules {result.rules}",
+        f"{result.poll_offset:02d}; {result.warmup_days} day(s) of warm-up; rules {result.rules}",
         f"calls: normal run {result.calls_normal}, spike run {result.calls_spikes}",
         "",
         "normal traffic: "
@@ -451,6 +503,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", type=Path, default=RULES)
     parser.add_argument("--scrape-interval", type=int, default=15)
     parser.add_argument("--poll-offset", type=int, default=10)
+    parser.add_argument("--warmup-days", type=int, default=8,
+                        help="days of traffic before the week (1: the first week after an "
+                        "install, on the fallback baseline)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     spikes = [s for s in DEFAULT_SPIKES[: args.spikes]]
@@ -462,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
         rules=args.rules.resolve(),
         scrape_interval=args.scrape_interval,
         poll_offset=args.poll_offset,
+        warmup_days=args.warmup_days,
     )
     print(format_report(result))
     if args.json:

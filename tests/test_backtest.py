@@ -1,10 +1,10 @@
 """The alert backtest (bench/backtest.py): targeted spikes, the modelled counters, promtool
-output parsing, and a shortened backtest of the real rules (2 days, 3 spikes).
+output parsing, and a shortened backtest of the real rules (8 days of warm-up so that the
+seasonal baseline exists, then one evaluated Monday with two spikes).
 
-The full-week figures are in docs/backtest.md. The issue's two requirements (no spike alert on
-normal traffic, every spike alerted within 5 minutes of onset) are asserted as strict xfails:
-the current rules miss both (false alarms at the buyers' closing and opening hours, delays of
-9-14 minutes), and a rule change that meets them turns these tests into failures to update.
+The full-week figures are in docs/backtest.md. The shortened run asserts the issue's two
+requirements on its day: no spike alert on normal traffic, each spike alerted within 5 minutes
+of onset. (Over the full week two of the ten spikes take 7 minutes; see docs/backtest.md.)
 """
 
 from __future__ import annotations
@@ -133,13 +133,14 @@ def test_promtool_alerts_are_parsed_into_episodes(tmp_path: Path) -> None:
     minutes = 20
     zero = [0] * (minutes + 1)
     # "A" above 5 from minute 3 to 9 and again from 14; "B" from minute 6 only for one minute.
+    # (The toy rule sums the instance away, hence the empty instance in the keys.)
     a = [0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9]
     b = [0, 0, 0, 0, 0, 0, 9, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]
     samples = {("A", "no_buyer"): a, ("B", "no_buyer"): b, ("A", "connected"): zero}
     text = bt.unit_test_file(rules, samples, 60, range(minutes + 1))
     firing = bt.run_promtool(text, tmp_path)
     # for: 2m -> firing from the third true evaluation on
-    assert firing == {("LeadFlowNoBuyerSpike", "A"): [5 * 60, 6 * 60, 7 * 60, 8 * 60, 9 * 60,
+    assert firing == {("LeadFlowNoBuyerSpike", "", "A"): [5 * 60, 6 * 60, 7 * 60, 8 * 60, 9 * 60,
                                                        16 * 60, 17 * 60, 18 * 60, 19 * 60,
                                                        20 * 60]}  # fmt: skip
     found = bt.episodes(firing, 1000)
@@ -147,6 +148,26 @@ def test_promtool_alerts_are_parsed_into_episodes(tmp_path: Path) -> None:
         ("A", 300, 540),
         ("A", 960, 1200),
     ]
+
+
+def test_series_values_are_compressed_losslessly() -> None:
+    assert bt.compress([0, 0, 0, 0, 3, 3, 5, 7, 7]) == "0x3 3x1 5 7x1"
+    assert bt.compress([4]) == "4"
+
+
+def test_two_instances_are_evaluated_apart(tmp_path: Path) -> None:
+    rules = tmp_path / "toy.rules.yaml"
+    rules.write_text(TOY_RULES.replace("sum by (set_name)", "sum by (instance, set_name)"))
+    quiet = {("A", "no_buyer"): [0] * 6}
+    loud = {("A", "no_buyer"): [9] * 6}
+    text = bt.unit_test_file(rules, {"q:1": quiet, "l:1": loud}, 60, range(6))
+    firing = bt.run_promtool(text, tmp_path)
+    assert firing == {("LeadFlowNoBuyerSpike", "l:1", "A"): [2 * 60, 3 * 60, 4 * 60, 5 * 60]}
+
+
+def test_backtest_needs_a_warm_up_day() -> None:
+    with pytest.raises(ValueError, match="warm-up"):
+        bt.backtest(days=1, spikes=[], warmup_days=0)
 
 
 def test_promtool_errors_are_not_taken_for_alerts(tmp_path: Path) -> None:
@@ -159,18 +180,19 @@ def test_promtool_errors_are_not_taken_for_alerts(tmp_path: Path) -> None:
 
 # -- a shortened backtest of the real rules ------------------------------------------------------
 
-SHORT_SPIKES = [bt.DEFAULT_SPIKES[0], bt.DEFAULT_SPIKES[1], bt.DEFAULT_SPIKES[3]]
+SHORT_SPIKES = [bt.DEFAULT_SPIKES[0], bt.DEFAULT_SPIKES[1]]
 
 
 @pytest.fixture(scope="module")
 def short_result() -> bt.Result:
-    return bt.backtest(days=2, spikes=SHORT_SPIKES)
+    return bt.backtest(days=1, spikes=SHORT_SPIKES, warmup_days=8)
 
 
 def test_short_backtest_detects_every_spike(short_result: bt.Result) -> None:
     assert short_result.rules == str(bt.RULES)
-    assert short_result.calls_normal == short_result.calls_spikes > 50_000
-    assert [s["set_id"] for s in short_result.spikes] == [102, 101, 104]
+    assert short_result.warmup_days == 8
+    assert short_result.calls_normal == short_result.calls_spikes > 25_000
+    assert [s["set_id"] for s in short_result.spikes] == [102, 101]
     for spike in short_result.spikes:
         assert spike["detected"], spike
         # The alert cannot fire before the spike's calls have finished, been polled and scraped.
@@ -179,7 +201,6 @@ def test_short_backtest_detects_every_spike(short_result: bt.Result) -> None:
     assert {(e.alert, e.set_name) for e in matched} == {
         ("LeadFlowNoBuyerSpike", "Medicare"),
         ("LeadFlowAffiliateCapSpike", "Auto Insurance"),
-        ("LeadFlowAffiliateCapSpike", "Debt Relief"),
     }
     precision = short_result.precision
     assert precision is not None and 0 < precision <= 1
@@ -191,19 +212,13 @@ def test_short_backtest_detects_every_spike(short_result: bt.Result) -> None:
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="current rules: No Buyer alerts at buyers' closing/opening hours on normal traffic "
-    "(docs/backtest.md)",
-)
 def test_short_backtest_normal_traffic_fires_no_spike_alert(short_result: bt.Result) -> None:
     spikes = [e for e in short_result.normal_episodes if e.alert != "LeadFlowNoCalls"]
     assert spikes == []
+    # nor in the spike run outside the spikes, so every alert that fired was a spike
+    assert short_result.false_alarms == []
+    assert short_result.precision == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="current rules: the 10m window and for: 5m take 9-14 minutes (docs/backtest.md)",
-)
 def test_short_backtest_detects_within_five_minutes(short_result: bt.Result) -> None:
     assert all(s["delay_seconds"] <= 5 * 60 for s in short_result.spikes), short_result.spikes

@@ -19,7 +19,7 @@ ALERTS_DOC = ROOT / "docs" / "alerts.md"
 EXAMPLE_CONFIG = ROOT / "examples" / "prometheus.yml"
 RUNBOOK_BASE = "https://github.com/leadflow-exporter/leadflow-exporter/blob/main/docs/alerts.md"
 # Test files whose assertions are all counts or ratios: they must pass time-compressed too.
-SCALE_FREE_TESTS = ("calls.test.yaml",)
+SCALE_FREE_TESTS = ("calls.test.yaml", "seasonal.test.yaml")
 SEVERITIES = {"critical", "warning", "info"}
 
 
@@ -157,6 +157,8 @@ def test_render_scale_one_is_identity():
         ("170m", "1/60", "2m50s"),
         ("30s", "1/60", "500ms"),
         ("5m", "2", "10m"),
+        ("1w", "1/60", "2h48m"),
+        ("6d23h30m", "1/60", "2h47m30s"),
     ],
 )
 def test_render_scales_durations(duration, scale, expected):
@@ -171,10 +173,14 @@ def test_fast_variant_is_valid_and_behaves_the_same(tmp_path):
     fast_rules.write_text(render.scale_durations(RULES.read_text(encoding="utf-8"), scale))
     fast_text = fast_rules.read_text()
     # no production window is left anywhere in an expression or a name
-    for window in ("10m", "15m", "1d"):
+    for window in ("5m", "10m", "15m", "30m", "1d", "6d23h30m", "23h30m"):
         assert not re.search(rf"(?<![0-9.]){window}(?![0-9A-Za-z])", fast_text), window
-    assert "set_name:leadflow_calls_no_buyer:ratio10s" in fast_text
+    assert "set_name:leadflow_calls_no_buyer:ratio5s" in fast_text
+    assert "set_name:leadflow_calls_no_buyer:zscore5s" in fast_text
     assert "[24m]" in fast_text
+    # the seasonal baseline's offsets: one week (minus 30m) and one day (minus 30m), scaled
+    assert "[1m] offset 2h47m30s" in fast_text
+    assert "[1m] offset 23m30s" in fast_text
 
     result = _promtool("check", "rules", fast_rules)
     assert result.returncode == 0, result.stdout + result.stderr
