@@ -254,7 +254,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         # The rendered spike alerts keep their 10-call volume guard over the 5s window.
         assert rules_text.count(f"set_name:leadflow_calls:increase5s >= {MIN_CALLS}") == 2
         # ... and their seasonal baseline, with the offsets scaled (absent during the test).
-        assert rules_text.count("offset 2h47m30s") == 2
+        assert rules_text.count(":ratio30s[1m] offset 2h47m30s") == 2
         prom_port = free_port()
         stack.prom_url = f"http://{HOST}:{prom_port}"
         (tmp / "prometheus.yml").write_text(
