@@ -19,58 +19,14 @@ RULES = ROOT / "rules" / "leadflow-exporter.rules.yaml"
 PROVISIONING = ROOT / "grafana" / "provisioning"
 DATASOURCE_REF = "${datasource}"
 
-# Metric families the exporter exposes (the contract in the design). Histograms are listed by
-# family name; their _bucket/_sum/_count series are added below.
-EXPOSED_METRICS = frozenset(
-    {
-        "leadflow_calls_total",
-        "leadflow_active_calls",
-        "leadflow_talk_seconds_total",
-        "leadflow_call_seconds_total",
-        "leadflow_talk_duration_seconds",
-        "leadflow_offer_revenue_usd_total",
-        "leadflow_affiliate_payout_usd_total",
-        "leadflow_margin_usd",
-        "leadflow_qualified_calls_total",
-        "leadflow_repeat_calls_total",
-        "leadflow_contested_calls_total",
-        "leadflow_last_call_timestamp_seconds",
-        "leadflow_up",
-        "leadflow_exporter_last_success_timestamp_seconds",
-        "leadflow_exporter_poll_duration_seconds",
-        "leadflow_exporter_api_requests_total",
-        "leadflow_exporter_api_errors_total",
-        "leadflow_exporter_records_total",
-        "leadflow_exporter_invalid_records_total",
-        "leadflow_exporter_tracked_calls",
-        "leadflow_exporter_series_dropped_total",
-        "leadflow_exporter_build_info",
-        "leadflow_exporter_poll_interval_seconds",
-        "leadflow_exporter_rate_budget_requests_per_minute",
-    }
-)
-HISTOGRAM_FAMILIES = frozenset({"leadflow_talk_duration_seconds"})
-
-# The exporter's own list of metric names wins when the package provides it; until then (or if
-# it cannot be imported) the constant above is used.
-try:
-    from leadflow_exporter.collector import METRIC_NAMES as _EXPORTER_METRIC_NAMES
-except ImportError:
-    _EXPORTER_METRIC_NAMES = EXPOSED_METRICS
+# The exporter's own list of every sample name it exposes (histogram suffixes included).
+from leadflow_exporter.collector import METRIC_NAMES  # noqa: E402
 
 # Series Prometheus itself provides.
 PROMETHEUS_METRICS = frozenset({"up"})
 
 
-def _sample_names(families) -> set[str]:
-    names = set(families)
-    for family in families:
-        if family in HISTOGRAM_FAMILIES:
-            names |= {f"{family}_bucket", f"{family}_sum", f"{family}_count"}
-    return names
-
-
-KNOWN_SERIES = _sample_names(_EXPORTER_METRIC_NAMES) | PROMETHEUS_METRICS
+KNOWN_SERIES = METRIC_NAMES | PROMETHEUS_METRICS
 
 _STRING_RE = re.compile(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`')
 _IDENT_RE = re.compile(r"(?<![\w:$.])[a-zA-Z_][\w:]*")
@@ -243,12 +199,13 @@ def test_series_name_extraction():
 
 
 def test_exposed_metric_names_are_sane():
-    for name in EXPOSED_METRICS:
+    for name in METRIC_NAMES:
         assert re.fullmatch(r"leadflow_[a-z0-9_]+", name), name
-    counters = {n for n in EXPOSED_METRICS if n.endswith("_total")}
+    counters = {n for n in METRIC_NAMES if n.endswith("_total")}
     assert "leadflow_calls_total" in counters
-    for name in EXPOSED_METRICS - counters:
-        assert not name.endswith(("_count", "_sum", "_bucket")), name
+    histogram_series = {n for n in METRIC_NAMES if n.endswith(("_count", "_sum", "_bucket"))}
+    # Only the talk-duration histogram has such series.
+    assert {n.rsplit("_", 1)[0] for n in histogram_series} == {"leadflow_talk_duration_seconds"}
 
 
 def test_provisioning_files():
