@@ -12,6 +12,7 @@ from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
+from operator import itemgetter
 from typing import Any, Protocol
 
 from leadflow_exporter.health import Health
@@ -283,6 +284,10 @@ class Ledger:
         batch_calls = batch.calls
         known_calls = self.totals.calls
         extra_labels = self.extra_labels
+        # The label values in series order, fetched in C: a generator per record cost more
+        # than the rest of the series key.
+        label_values = itemgetter(*extra_labels) if len(extra_labels) > 1 else None
+        single_label = extra_labels[0] if len(extra_labels) == 1 else None
         counted = duplicates = 0
         for record in records:
             call_ts = record.call_ts
@@ -329,13 +334,10 @@ class Ledger:
                 totals.talk_buckets[index] += 1
                 if call_ts > totals.last_call_ts:
                     totals.last_call_ts = call_ts
-            if extra_labels:
-                extra = record.extra
-                series = (
-                    record.set_name,
-                    record.lead_status,
-                    *(extra[name] for name in extra_labels),
-                )
+            if label_values is not None:
+                series = (record.set_name, record.lead_status, *label_values(record.extra))
+            elif single_label is not None:
+                series = (record.set_name, record.lead_status, record.extra[single_label])
             else:
                 series = (record.set_name, record.lead_status)
             if series in batch_calls:

@@ -198,12 +198,18 @@ class Poller:
             query_end = slice_end + QUERY_END_MARGIN_SECONDS if slice_end == now else slice_end
             for set_id in self._set_ids:
                 query = self.client.window_query("history", slice_start, query_end, False, set_id)
+
+                async def stage(records: list[CallRecord]) -> None:
+                    await self._stage(batch, records, count=count)
+
+                # Pages are staged as they arrive. Finished calls of a slice that fails half
+                # way are staged too: each is counted once whichever query finds it, and the
+                # watermark still stops before the slice, so it is read again.
                 result = await self._run_query(
-                    "history", lambda q=query: self.client.fetch(q), report
+                    "history", lambda q=query, s=stage: self.client.fetch(q, s), report
                 )
                 if result is None:
                     return reached
-                await self._stage(batch, result.records, count=count)
             # Everything up to slice_end was read: the next window may start from here.
             reached = slice_end
         return reached

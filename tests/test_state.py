@@ -420,9 +420,9 @@ async def test_catch_up_after_ten_days_reads_seven_day_slices_within_the_budget(
         queries: list[dict[str, str]] = []
         fetch = h.poller.client.fetch
 
-        async def recording_fetch(query):  # type: ignore[no-untyped-def]
+        async def recording_fetch(query, *args):  # type: ignore[no-untyped-def]
             queries.append({"kind": query.kind, **query.params})
-            return await fetch(query)
+            return await fetch(query, *args)
 
         h.poller.client.fetch = recording_fetch  # type: ignore[method-assign]
         sent_at: list[float] = []
