@@ -128,6 +128,11 @@ class Totals:
         return cls(calls, sets)
 
 
+# Seen sids staged by a cycle: per hour bucket, dedup key -> sid. The key is what the ledger
+# looks up; the sid is what the store writes, because keys are only valid in this process.
+StagedSids = dict[int, dict[int, str]]
+
+
 @dataclass
 class FollowedCall:
     """A call seen in progress, followed until it shows up finished."""
@@ -158,7 +163,7 @@ class Store(Protocol):
         self,
         *,
         totals: Totals,
-        new_seen: dict[int, set[int]],
+        new_seen: StagedSids,
         expire_before_bucket: int,
         followed: dict[str, FollowedCall],
         watermark: float | None,
@@ -185,7 +190,7 @@ class MemoryStore:
 class CycleBatch:
     """One cycle's staged changes; invisible until committed."""
 
-    new_seen: dict[int, set[int]] = field(default_factory=dict)
+    new_seen: StagedSids = field(default_factory=dict)
     calls: Counter[tuple[str, ...]] = field(default_factory=Counter)
     sets: dict[str, SetTotals] = field(default_factory=dict)
     counted: int = 0
@@ -260,11 +265,11 @@ class Ledger:
                 continue
             staged = new_seen.get(bucket)
             if staged is None:
-                staged = new_seen[bucket] = set()
+                staged = new_seen[bucket] = {}
             elif key in staged:
                 batch.duplicates += 1
                 continue
-            staged.add(key)
+            staged[key] = record.sid
             batch.baseline += 1
             totals = self._set_totals(batch, record.set_name)
             if totals is not None and record.call_ts > totals.last_call_ts:
@@ -299,11 +304,11 @@ class Ledger:
                 continue
             staged = new_seen.get(bucket)
             if staged is None:
-                staged = new_seen[bucket] = set()
+                staged = new_seen[bucket] = {}
             elif key in staged:
                 duplicates += 1
                 continue
-            staged.add(key)
+            staged[key] = record.sid
             counted += 1
             totals = batch_sets.get(record.set_name)
             if totals is None:
@@ -439,7 +444,7 @@ class Ledger:
         for bucket, keys in batch.new_seen.items():
             existing_keys = self.seen.get(bucket)
             if existing_keys is None:
-                self.seen[bucket] = keys
+                self.seen[bucket] = set(keys)
             else:
                 existing_keys.update(keys)
         for bucket in [b for b in self.seen if b < horizon]:
@@ -481,6 +486,7 @@ __all__ = [
     "MemoryStore",
     "SetTotals",
     "Snapshot",
+    "StagedSids",
     "Store",
     "Totals",
     "bucket_of",

@@ -8,7 +8,6 @@ in any other field reads as zero and is reported by field name, and the call sti
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -156,9 +155,14 @@ _NON_ALNUM = re.compile(r"[^0-9a-z]+")
 
 
 def sid_key(sid: str) -> int:
-    """A stable 63-bit key for a sid: a third of a str's memory, and it fits SQLite's INTEGER."""
-    digest = hashlib.blake2b(sid.encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+    """The in-memory dedup key of a sid: Python's own str hash (64-bit SipHash).
+
+    An int takes a third of a sid's memory, and this hash is computed in C once per str and
+    cached on it, where a blake2b digest cost 0.45 µs a call. It is salted per process
+    (PYTHONHASHSEED), so it must never be written anywhere: the state file keeps the sids
+    themselves and hashes them again when it is loaded.
+    """
+    return hash(sid)
 
 
 def snake_status(value: Scalar) -> str:
@@ -402,8 +406,7 @@ def _convert_wire(
     status_get = _status_cache.get
     flag = reader.flag
     append = page.records.append
-    blake2b = hashlib.blake2b
-    from_bytes = int.from_bytes
+    key_of = hash
     for raw in raws:
         talk = raw.talk_seconds
         total = raw.total_seconds
@@ -465,7 +468,7 @@ def _convert_wire(
         append(
             CallRecord(
                 sid,
-                from_bytes(blake2b(sid.encode(), digest_size=8).digest(), "big") >> 1,
+                key_of(sid),
                 call_ts,
                 set_name,
                 status,

@@ -8,21 +8,23 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from leadflow_exporter.ledger import FollowedCall, Snapshot, Totals
+from leadflow_exporter.ledger import FollowedCall, Snapshot, StagedSids, Totals
+from leadflow_exporter.records import sid_key
 
 SCHEMA_VERSION = 1
 APPLICATION_ID = 0x4C464C57  # "LFLW": tells our file apart from any other SQLite database
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- The sids themselves: the in-memory dedup keys are per-process hashes, made again at load.
+-- Clustered by hour bucket, so expiry deletes a range and needs no second index.
 CREATE TABLE IF NOT EXISTS seen (
-    sid_key INTEGER PRIMARY KEY,
-    bucket INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS seen_bucket ON seen (bucket);
+    bucket INTEGER NOT NULL,
+    sid TEXT NOT NULL,
+    PRIMARY KEY (bucket, sid)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS followed (
     sid TEXT PRIMARY KEY,
-    sid_key INTEGER NOT NULL,
     set_name TEXT NOT NULL,
     call_ts REAL NOT NULL,
     first_seen REAL NOT NULL,
@@ -144,15 +146,15 @@ class SQLiteStore:
         except (ValueError, TypeError, KeyError) as exc:
             raise StateError(f"{self.path}: saved totals are unreadable ({exc})") from None
         seen: dict[int, set[int]] = {}
-        for sid_key, bucket in self._db.execute("SELECT sid_key, bucket FROM seen"):
+        for bucket, sid in self._db.execute("SELECT bucket, sid FROM seen"):
             keys = seen.get(bucket)
             if keys is None:
                 keys = seen[bucket] = set()
-            keys.add(sid_key)
+            keys.add(sid_key(sid))
         followed = {
-            row[0]: FollowedCall(*row)
-            for row in self._db.execute(
-                "SELECT sid, sid_key, set_name, call_ts, first_seen, last_active FROM followed"
+            sid: FollowedCall(sid, sid_key(sid), *rest)
+            for sid, *rest in self._db.execute(
+                "SELECT sid, set_name, call_ts, first_seen, last_active FROM followed"
             )
         }
         return Snapshot(
@@ -167,7 +169,7 @@ class SQLiteStore:
         self,
         *,
         totals: Totals,
-        new_seen: dict[int, set[int]],
+        new_seen: StagedSids,
         expire_before_bucket: int,
         followed: dict[str, FollowedCall],
         watermark: float | None,
@@ -176,18 +178,18 @@ class SQLiteStore:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
-            for bucket, keys in new_seen.items():
+            for bucket, sids in new_seen.items():
                 db.executemany(
-                    "INSERT OR IGNORE INTO seen (sid_key, bucket) VALUES (?, ?)",
-                    ((key, bucket) for key in keys),
+                    "INSERT OR IGNORE INTO seen (bucket, sid) VALUES (?, ?)",
+                    ((bucket, sid) for sid in sids.values()),
                 )
             db.execute("DELETE FROM seen WHERE bucket < ?", (expire_before_bucket,))
             db.execute("DELETE FROM followed")
             db.executemany(
-                "INSERT INTO followed (sid, sid_key, set_name, call_ts, first_seen, last_active)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO followed (sid, set_name, call_ts, first_seen, last_active)"
+                " VALUES (?, ?, ?, ?, ?)",
                 (
-                    (c.sid, c.sid_key, c.set_name, c.call_ts, c.first_seen, c.last_active)
+                    (c.sid, c.set_name, c.call_ts, c.first_seen, c.last_active)
                     for c in followed.values()
                 ),
             )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from leadflow_exporter.ledger import (
     Totals,
     bucket_of,
 )
+from leadflow_exporter.records import sid_key
 from leadflow_exporter.simulator.app import parse_api_datetime
 from leadflow_exporter.state import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StateError
 from leadflow_exporter.timeutil import SEVEN_DAYS
@@ -40,10 +42,22 @@ def _totals(calls: int = 3) -> Totals:
     return Totals({("Auto Insurance", "connected"): calls}, sets)
 
 
+def _sids(names: Iterable[str]) -> dict[int, str]:
+    """Seen sids as the ledger stages them for the store: dedup key -> sid."""
+    return {sid_key(name): name for name in names}
+
+
+def _numbered(first: int, count: int) -> dict[int, str]:
+    return _sids(f"CA{i:030x}" for i in range(first, first + count))
+
+
+THREE = ("CA11", "CA12", "CA13")
+
+
 def _write(store: SQLiteStore, *, calls: int = 3, watermark: float = BUSY, **kw: object) -> None:
     args: dict[str, object] = {
         "totals": _totals(calls),
-        "new_seen": {bucket_of(BUSY): {11, 12, 13}},
+        "new_seen": {bucket_of(BUSY): _sids(THREE)},
         "expire_before_bucket": 0,
         "followed": {},
         "watermark": watermark,
@@ -109,7 +123,7 @@ def test_corrupted_state_file_is_refused_not_reset(tmp_path: Path) -> None:
         _write(
             store,
             calls=i,
-            new_seen={bucket_of(BUSY) + i: set(range(i * 1000, i * 1000 + 1000))},
+            new_seen={bucket_of(BUSY) + i: _numbered(i * 1000, 1000)},
         )
     store.close()
     data = bytearray(path.read_bytes())
@@ -132,7 +146,7 @@ def test_damage_deep_in_the_file_is_refused_when_loading(tmp_path: Path) -> None
         _write(
             store,
             calls=i,
-            new_seen={bucket_of(BUSY) + i: set(range(i * 1000, i * 1000 + 1000))},
+            new_seen={bucket_of(BUSY) + i: _numbered(i * 1000, 1000)},
         )
     store.close()
     data = bytearray(path.read_bytes())
@@ -254,6 +268,54 @@ def test_changed_extra_labels_are_refused(tmp_path: Path) -> None:
         Ledger(SQLiteStore(path), Health(), extra_labels=("offer",))
 
 
+def test_seen_sids_survive_a_process_with_another_hash_seed(tmp_path: Path) -> None:
+    """Dedup keys are per-process str hashes; the file must hold the sids, not the keys."""
+    path = tmp_path / "state.db"
+    sid = "0a1b2c3d00010123456789abcdef0123"
+    followed = {sid: FollowedCall(sid, sid_key(sid), "Auto Insurance", BUSY, BUSY, BUSY)}
+    script = (
+        "import sys\n"
+        "from leadflow_exporter.records import sid_key\n"
+        "from leadflow_exporter.state import SQLiteStore\n"
+        "path, sid, bucket = sys.argv[1], sys.argv[2], int(sys.argv[3])\n"
+        "store = SQLiteStore(path)\n"
+        "if sys.argv[4] == 'write':\n"
+        "    from leadflow_exporter.ledger import Totals\n"
+        "    store.write_cycle(totals=Totals(), new_seen={bucket: {sid_key(sid): sid}},\n"
+        "        expire_before_bucket=0, followed={}, watermark=1.0)\n"
+        "else:\n"
+        "    snapshot = store.load(())\n"
+        "    assert sid_key(sid) in snapshot.seen[bucket], 'sid not seen after a restart'\n"
+        "    print(sid_key(sid))\n"
+        "store.close()\n"
+    )
+    keys = []
+    for seed, mode in (("1", "write"), ("2", "read"), ("3", "read")):
+        done = subprocess.run(
+            [sys.executable, "-c", script, str(path), sid, str(bucket_of(BUSY)), mode],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        keys.append(done.stdout.strip())
+    # The keys really differ between the processes, and the file does not hold any of them.
+    assert keys[1] != keys[2]
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT bucket, sid FROM seen").fetchall() == [(bucket_of(BUSY), sid)]
+    finally:
+        db.close()
+    # The followed calls' keys are made again at load too.
+    store = SQLiteStore(path)
+    _write(store, followed=followed)
+    snapshot = SQLiteStore(path).load(())
+    assert snapshot is not None
+    assert snapshot.followed[sid].sid_key == sid_key(sid)
+    store.close()
+
+
 def test_state_without_watermark_loads_as_no_state(tmp_path: Path) -> None:
     store = SQLiteStore(tmp_path / "state.db")
     assert store.load(()) is None
@@ -267,18 +329,18 @@ class _Boom(RuntimeError):
     pass
 
 
-def _exploding(keys: list[int], after: int) -> Iterator[int]:
-    for i, key in enumerate(keys):
+def _exploding(sids: list[str], after: int) -> Iterator[str]:
+    for i, sid in enumerate(sids):
         if i == after:
             raise _Boom("disk on fire")
-        yield key
+        yield sid
 
 
-class _ExplodingSet(set[int]):
-    """A set whose iteration fails half way, inside executemany."""
+class _ExplodingSids(dict[int, str]):
+    """Staged sids whose reading fails half way, inside executemany."""
 
-    def __iter__(self) -> Iterator[int]:
-        return _exploding(sorted(super().__iter__()), after=len(self) // 2)
+    def values(self) -> Iterator[str]:  # type: ignore[override]
+        return _exploding(sorted(super().values()), after=len(self) // 2)
 
 
 def test_a_cycle_that_fails_midway_leaves_the_previous_state(tmp_path: Path) -> None:
@@ -292,7 +354,7 @@ def test_a_cycle_that_fails_midway_leaves_the_previous_state(tmp_path: Path) -> 
             store,
             calls=99,
             watermark=BUSY + 600,
-            new_seen={bucket_of(BUSY) + 1: _ExplodingSet(range(100, 200))},
+            new_seen={bucket_of(BUSY) + 1: _ExplodingSids(_numbered(100, 100))},
             expire_before_bucket=bucket_of(BUSY) + 1,
             followed={},
         )
@@ -304,7 +366,7 @@ def test_a_cycle_that_fails_midway_leaves_the_previous_state(tmp_path: Path) -> 
         assert snapshot.totals.calls == {("Auto Insurance", "connected"): 3}
         assert snapshot.watermark == BUSY
         assert set(snapshot.followed) == {"s1"}
-        assert snapshot.seen == {bucket_of(BUSY): {11, 12, 13}}
+        assert snapshot.seen == {bucket_of(BUSY): set(_sids(THREE))}
     # The store is usable afterwards: no transaction left open.
     _write(store, calls=4, watermark=BUSY + 60)
     snapshot = SQLiteStore(path).load(())
@@ -318,7 +380,7 @@ def test_ledger_keeps_its_totals_when_the_store_write_fails(tmp_path: Path) -> N
     ledger = Ledger(store, Health())
     batch = CycleBatch()
     batch.calls[("Auto Insurance", "connected")] += 5
-    batch.new_seen[bucket_of(BUSY)] = _ExplodingSet(range(500, 520))
+    batch.new_seen[bucket_of(BUSY)] = _ExplodingSids(_numbered(500, 20))
     with pytest.raises(_Boom):
         ledger.commit(batch, watermark=BUSY + 60, followed={}, active=None)
     assert ledger.totals.calls == {("Auto Insurance", "connected"): 3}
@@ -339,8 +401,8 @@ def test_pruning_keeps_the_file_bounded(tmp_path: Path) -> None:
     sizes: list[int] = []
     for hour in range(hours):
         bucket = bucket_of(BUSY) + hour
-        # sid keys are 63-bit hashes: spread over the whole key space, like the real ones.
-        keys = {rng.getrandbits(63) for _ in range(per_bucket)}
+        # Random 32-hex-digit sids, the form the API uses.
+        keys = _sids(f"{rng.getrandbits(128):032x}" for _ in range(per_bucket))
         _write(
             store,
             calls=hour,
