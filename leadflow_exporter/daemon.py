@@ -210,6 +210,7 @@ class Daemon:
                 new = await asyncio.to_thread(load_config, self.config_path, environ=self.environ)
             except ConfigError as exc:
                 self.health.config_reload_ok = False
+                self.exposition.forget_responses()
                 log.error("reload_refused", problems=exc.problems)
                 return False, "config refused: " + "; ".join(exc.problems)
             old = self.config
@@ -220,6 +221,7 @@ class Daemon:
             ]
             if changed:
                 self.health.config_reload_ok = False
+                self.exposition.forget_responses()
                 message = "config refused: changing " + ", ".join(changed) + " needs a restart"
                 log.error("reload_refused", changed=changed)
                 return False, message
@@ -233,6 +235,7 @@ class Daemon:
             self.collector.interval_seconds = new.poll.interval_seconds
             self._server_state.config_view = new.redacted
             self.health.config_reload_ok = True
+            self.exposition.forget_responses()
             self.health.config_reload_time = self.clock.now()
             self._start_poller()
             await self._render()

@@ -83,6 +83,11 @@ class Exposition:
             self._text, self._openmetrics = text, rendered
             self.renders += 1
 
+    def forget_responses(self) -> None:
+        """Drop the kept responses: a live figure changed that must show at once (a reload's
+        outcome), rather than up to `live_seconds` later. Event loop thread only."""
+        self._responses.clear()
+
     def body(self, *, openmetrics: bool, gzip: bool) -> tuple[bytes, str]:
         """The response body and its content type."""
         content_type = OPENMETRICS_CONTENT_TYPE if openmetrics else TEXT_CONTENT_TYPE
