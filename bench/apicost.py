@@ -7,7 +7,11 @@ The simulator counts every request by kind (`GET /_sim/stats`) and knows the tru
 - minimum per interval: the pages needed to read each call that finished in it once,
   `max(1, ceil(finished / 250))` (a poller has to ask to learn there was nothing), plus the
   active poll, `max(1, ceil(active / 250))`;
-- records read per record counted: records the API served / calls the exporter counted.
+- records read per record counted: records the API served / calls the exporter counted;
+- calls that outlived the overlap: finished calls longer than `overlap_seconds`. The minimum
+  reads each of them on the page of the interval it finished in, but no poller can know which
+  page that is: a window by start time reaches back to each one's start (pages of other
+  calls), or it is asked for by sid (one request each; the API takes one sid per request).
 
 The first cycle (a baseline of the overlap window, not counted) is left out of both sides.
 """
@@ -46,6 +50,7 @@ class CostFigures:
     records_served: int
     counted: int
     matches_truth: bool
+    long_calls: int = 0
 
     @property
     def total(self) -> int:
@@ -120,6 +125,11 @@ async def measure(volume: float, *, minutes: int, seed: int = 3) -> CostFigures:
             after = await stats()
             truth = sim.truth(since=start, until=clock.now())
             counted = sum(ledger.totals.calls.values())
+            long_calls = sum(
+                1
+                for call in sim.model.calls_ending_between(start, clock.now())
+                if call.end - call.start > poll.overlap_seconds
+            )
     finally:
         await server.close()
     requests = {
@@ -138,4 +148,5 @@ async def measure(volume: float, *, minutes: int, seed: int = 3) -> CostFigures:
         # baseline are counted too; the exact comparison is the poller tests' job. Here the
         # count must at least cover every call that finished during the run.
         matches_truth=counted >= truth["calls_total"],
+        long_calls=long_calls,
     )

@@ -157,7 +157,8 @@ def run_apicost(table: Table, sizes: Sizes) -> None:
             f"{volume:g}x traffic, {f.minutes:.0f} min ({kinds})",
             f"{f.per_minute:.1f} req/min (busiest minute {f.max_per_minute}), "
             f"{f.read_per_counted:.1f} records read per counted",
-            f"minimum {f.minimum_per_minute:.1f} req/min ({f.ratio:.2f}x)",
+            f"minimum {f.minimum_per_minute:.1f} req/min ({f.ratio:.2f}x); "
+            f"{f.long_calls / f.minutes:.1f}/min of the calls outlived the overlap",
             target,
         )
 

@@ -154,6 +154,7 @@ class Snapshot:
     followed: dict[str, FollowedCall]
     watermark: float | None
     extra_labels: tuple[str, ...]
+    full_mark: float | None = None
 
 
 class Store(Protocol):
@@ -168,6 +169,7 @@ class Store(Protocol):
         followed: dict[str, FollowedCall],
         watermark: float | None,
         extra_labels: tuple[str, ...],
+        full_mark: float | None = None,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -219,6 +221,9 @@ class Ledger:
         self.seen: dict[int, set[int]] = {}
         self.followed: dict[str, FollowedCall] = {}
         self.watermark: float | None = None
+        # When the history was last read over the whole overlap (see Poller): a restart
+        # reaches back from here, so that a call showing up late is found after it too.
+        self.full_mark: float | None = None
         self.active: dict[str, int] = {}
         snapshot = store.load(extra_labels)
         if snapshot is not None:
@@ -226,6 +231,7 @@ class Ledger:
             self.seen = snapshot.seen
             self.followed = snapshot.followed
             self.watermark = snapshot.watermark
+            self.full_mark = snapshot.full_mark
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -414,6 +420,7 @@ class Ledger:
         watermark: float | None,
         followed: dict[str, FollowedCall],
         active: dict[str, int] | None,
+        full_mark: float | None = None,
     ) -> None:
         """Persist the cycle in one transaction, then make it visible."""
         totals = self.totals.copy()
@@ -426,6 +433,7 @@ class Ledger:
             else:
                 existing.merge(delta_totals)
         new_watermark = watermark if watermark is not None else self.watermark
+        new_full_mark = full_mark if full_mark is not None else self.full_mark
         horizon = self._expiry_bucket(new_watermark)
         followed = {
             sid: call
@@ -439,6 +447,7 @@ class Ledger:
             followed=followed,
             watermark=new_watermark,
             extra_labels=self.extra_labels,
+            full_mark=new_full_mark,
         )
         self.totals = totals
         for bucket, keys in batch.new_seen.items():
@@ -451,6 +460,7 @@ class Ledger:
             del self.seen[bucket]
         self.followed = followed
         self.watermark = new_watermark
+        self.full_mark = new_full_mark
         if active is not None:
             self.active = active
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,11 @@ log = structlog.get_logger("leadflow_exporter.poller")
 QUERY_END_MARGIN_SECONDS = 3900.0
 # Records staged between returns to the event loop (a couple of milliseconds of work).
 STAGE_CHUNK = 2000
+# `poll.full_overlap_every` when the config does not set it: every this many cycles the history
+# query reaches back over the whole overlap; the cycles between read only the last intervals.
+FULL_OVERLAP_EVERY = 10
+# A cheap cycle's window reaches this many poll intervals back before the watermark.
+CHEAP_WINDOW_INTERVALS = 2
 
 
 @dataclass
@@ -42,6 +48,8 @@ class CycleReport:
     abandoned: int = 0
     errors: list[str] = field(default_factory=list)
     watermark: float | None = None
+    full_overlap: bool = False
+    window_start: float | None = None
 
 
 class Poller:
@@ -71,6 +79,21 @@ class Poller:
         # changes while it is paged through, so one miss can be a call that shifted to an
         # already-read page; two in a row mean it ended.
         self._misses: dict[str, int] = {}
+        # The read schedule. A full read covers [previous full read - overlap, now]: a call
+        # never seen in progress that shows up in history up to `overlap_seconds` late is
+        # found by the next one, exactly as when every cycle read the whole overlap, only
+        # counted a few cycles later. The cycles between read [watermark - 2 intervals, now]
+        # (one page at most traffic), reaching back further only as far as the calls that
+        # just left the live list, when that costs fewer requests than their sid queries.
+        # 1 reads the whole overlap every cycle.
+        self.full_every = max(1, int(getattr(poll, "full_overlap_every", FULL_OVERLAP_EVERY)))
+        # `now` of this cycle's full read once it completed, for the ledger to commit.
+        self._full_read: float | None = None
+        # Where this cycle's history window started: a call that left the live list and
+        # starts before it was not read, and needs a sid query.
+        self._window_start: float | None = None
+        # History records per second of call_date, per set_id query, from the last read.
+        self._density: dict[int | None, float] = {}
 
     # -- one cycle ---------------------------------------------------------------------------
 
@@ -87,12 +110,33 @@ class Poller:
             active_counts, active_sids = await self._poll_active(now, followed, report)
 
         counting = self.ledger.has_baseline
-        watermark = await self._poll_history(now, batch, report, count=counting)
+        # Start times of the followed calls that just left (or are still missing from) the
+        # live list: the history window may reach back to them instead of sid queries.
+        departed = (
+            sorted(
+                (
+                    call.call_ts
+                    for sid, call in followed.items()
+                    if sid not in active_sids
+                    and not self.ledger.is_seen(call.sid_key, call.call_ts)
+                ),
+                reverse=True,
+            )
+            if active_counts is not None
+            else []
+        )
+        watermark = await self._poll_history(now, batch, report, count=counting, departed=departed)
 
         if active_counts is not None:
             await self._follow_up(now, followed, active_sids, batch, report)
 
-        self.ledger.commit(batch, watermark=watermark, followed=followed, active=active_counts)
+        self.ledger.commit(
+            batch,
+            watermark=watermark,
+            followed=followed,
+            active=active_counts,
+            full_mark=self._full_read,
+        )
         report.counted = batch.counted
         report.baseline = batch.baseline
         report.duplicates = batch.duplicates
@@ -188,11 +232,42 @@ class Poller:
         return dict(counts), sids
 
     async def _poll_history(
-        self, now: float, batch: CycleBatch, report: CycleReport, *, count: bool
+        self,
+        now: float,
+        batch: CycleBatch,
+        report: CycleReport,
+        *,
+        count: bool,
+        departed: list[float] | None = None,
     ) -> float | None:
-        """Read [watermark - overlap, now]; returns how far it read without a gap."""
+        """Read this cycle's history window; returns how far it read without a gap."""
         watermark = self.ledger.watermark
-        start = (watermark if watermark is not None else now) - self.poll.overlap_seconds
+        full_mark = self.ledger.full_mark
+        overlap = self.poll.overlap_seconds
+        interval = self.poll.interval_seconds
+        self._full_read = None
+        # By time rather than by a count of cycles, so that a restart or failed cycles keep
+        # the schedule (half an interval of slack for timer jitter).
+        full = (
+            watermark is None
+            or full_mark is None
+            or now - full_mark >= (self.full_every - 0.5) * interval
+        )
+        if watermark is None:
+            # No saved state: the first window is a baseline of the overlap.
+            start = now - overlap
+        elif full:
+            start = min(full_mark if full_mark is not None else watermark, watermark) - overlap
+        else:
+            start = watermark - CHEAP_WINDOW_INTERVALS * interval
+        if departed and watermark is not None:
+            # Never before the full read's start, which is never before the first window read
+            # (the baseline): calls that ended before that must not be counted. Nor more than
+            # an overlap before the short window: older calls are the sid queries' job.
+            floor = min(full_mark if full_mark is not None else watermark, watermark) - overlap
+            start = self._reach_back(now, start, departed, max(floor, start - overlap))
+        report.full_overlap = full
+        report.window_start = self._window_start = start
         reached: float | None = None
         for slice_start, slice_end in slices(start, now, SEVEN_DAYS):
             query_end = slice_end + QUERY_END_MARGIN_SECONDS if slice_end == now else slice_end
@@ -210,9 +285,42 @@ class Poller:
                 )
                 if result is None:
                     return reached
+                if slice_end == now and slice_start < now:
+                    self._density[set_id] = result.raw_count / (now - slice_start)
             # Everything up to slice_end was read: the next window may start from here.
             reached = slice_end
+        if full:
+            self._full_read = now
         return reached
+
+    def _reach_back(self, now: float, start: float, departed: list[float], floor: float) -> float:
+        """The window start that reads the departed calls for the fewest requests.
+
+        `departed` holds the start times of calls that left the live list, newest first.
+        Reaching back to one of them costs the extra pages the longer window takes (estimated
+        from the last read's records per second); not reaching it costs a sid query for each
+        departed call before the window. Equal cost: the longer window.
+        """
+        if not self._density or len(self._density) < len(self._set_ids):
+            return start
+        page_size = self.client.api.page_size
+        densities = [self._density[set_id] for set_id in self._set_ids]
+
+        def pages(window_start: float) -> int:
+            span = now - window_start
+            return sum(max(1, math.ceil(d * span / page_size)) for d in densities)
+
+        older = [ts for ts in departed if ts < start]
+        best_start = start
+        best_cost = pages(start) + len(older)
+        # Newest first: reaching back to the i-th leaves the len(older) - i - 1 before it.
+        for i, ts in enumerate(older):
+            if ts < floor:
+                break
+            cost = pages(ts) + len(older) - i - 1
+            if cost <= best_cost:
+                best_start, best_cost = ts, cost
+        return best_start
 
     async def _stage(self, batch: CycleBatch, records: list[CallRecord], *, count: bool) -> None:
         """`ledger.add`, a slice at a time: a catch-up query can return a hundred thousand
@@ -230,7 +338,13 @@ class Poller:
         batch: CycleBatch,
         report: CycleReport,
     ) -> None:
-        window_start = (self.ledger.watermark or now) - self.poll.overlap_seconds
+        # This cycle's window, short or full: a call that left the live list and starts
+        # before it was not read, and needs a sid query.
+        window_start = (
+            self._window_start
+            if self._window_start is not None
+            else (self.ledger.watermark or now) - self.poll.overlap_seconds
+        )
         self._last_look.intersection_update(followed)
         self._misses = {sid: n for sid, n in self._misses.items() if sid in followed}
         overdue_after = self.poll.max_call_seconds + self.poll.overlap_seconds

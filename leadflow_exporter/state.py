@@ -132,6 +132,7 @@ class SQLiteStore:
         watermark = self._meta("watermark")
         if watermark is None:
             return None
+        full_mark = self._meta("full_read")
         saved_labels = tuple(json.loads(self._meta("extra_labels") or "[]"))
         if saved_labels != extra_labels:
             raise StateError(
@@ -163,6 +164,7 @@ class SQLiteStore:
             followed=followed,
             watermark=float(watermark),
             extra_labels=extra_labels,
+            full_mark=None if full_mark is None else float(full_mark),
         )
 
     def write_cycle(
@@ -174,6 +176,7 @@ class SQLiteStore:
         followed: dict[str, FollowedCall],
         watermark: float | None,
         extra_labels: tuple[str, ...] = (),
+        full_mark: float | None = None,
     ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -197,6 +200,8 @@ class SQLiteStore:
             self._set_meta("extra_labels", json.dumps(list(extra_labels)))
             if watermark is not None:
                 self._set_meta("watermark", repr(watermark))
+            if full_mark is not None:
+                self._set_meta("full_read", repr(full_mark))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
+from leadflow_exporter.client import Query, QueryResult
 from leadflow_exporter.config import PollConfig
+from leadflow_exporter.poller import CHEAP_WINDOW_INTERVALS
+from leadflow_exporter.records import CallRecord, sid_key
 from leadflow_exporter.state import SQLiteStore
 from tests.harness import harness
 from tests.truth import assert_matches_truth
@@ -136,3 +140,76 @@ async def test_restart_resumes_from_saved_state(tmp_path) -> None:
         await h.settle()
         assert_matches_truth(h.ledger, h.truth())
         h.ledger.close()
+
+
+# API lag: a finished call shows up in history this long after it ended.
+LAG_SECONDS = 480.0
+
+
+async def test_a_call_that_shows_up_late_is_counted_once_by_the_next_full_read() -> None:
+    """Between full reads the window only reaches back two intervals (further only for calls
+    that just left the live list). A call never seen in progress that finished while the API
+    lagged, and shows up after its start left that window, is counted by the next full read
+    of the overlap, once."""
+    async with harness(BUSY, sim={"volume": 2.0}) as h:
+        await h.cycle()
+        assert h.poller.full_every > 1
+        lag_from = h.clock.now()
+        lag_until = lag_from + 600
+        model = h.sim.model
+        late = [c for c in model.calls_ending_between(lag_from, lag_until) if c.start >= BUSY]
+        assert len(late) > 20
+        late_sids = {c.sid for c in late}
+        fetch = h.poller.client.fetch
+
+        def visible(record: CallRecord) -> bool:
+            if record.sid not in late_sids:
+                return True
+            call = model.find(record.sid)
+            assert call is not None
+            return h.clock.now() >= call.end + LAG_SECONDS
+
+        async def lagging_fetch(query: Query, on_page: Any = None) -> QueryResult:
+            if query.kind == "active":
+                # Never seen in progress (the live list is paged while it changes).
+                result = await fetch(query, on_page)
+                result.records = [r for r in result.records if r.sid not in late_sids]
+                return result
+
+            async def filtered(records: list[CallRecord]) -> None:
+                await on_page([r for r in records if visible(r)])
+
+            result = await fetch(query, filtered if on_page is not None else None)
+            result.records = [r for r in result.records if visible(r)]
+            return result
+
+        h.poller.client.fetch = lagging_fetch  # type: ignore[method-assign]
+        counted_by: dict[str, tuple[bool, float]] = {}
+        for _ in range(40):
+            report = await h.cycle(60)
+            assert report.ok
+            for call in late:
+                if call.sid not in counted_by and h.ledger.is_seen(sid_key(call.sid), call.start):
+                    counted_by[call.sid] = (report.full_overlap, report.window_start - call.start)
+        assert set(counted_by) == late_sids
+        # Some had started before the short windows by the time they showed up: only the
+        # full read of the overlap could find them.
+        assert any(full for full, _ in counted_by.values())
+        cheap_reach = (CHEAP_WINDOW_INTERVALS + 1) * h.poller.poll.interval_seconds
+        assert any(
+            full and call.end + LAG_SECONDS - call.start > cheap_reach
+            for call in late
+            for full, _ in [counted_by[call.sid]]
+        )
+        await h.settle()
+        assert_matches_truth(h.ledger, h.truth())
+
+
+async def test_full_overlap_every_cycle_reads_the_whole_overlap_each_time() -> None:
+    async with harness(BUSY) as h:
+        h.poller.full_every = 1
+        await h.cycle()
+        for _ in range(5):
+            report = await h.cycle(60)
+            assert report.full_overlap
+            assert report.window_start == report.watermark - 60 - 900

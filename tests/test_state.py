@@ -465,6 +465,7 @@ async def test_catch_up_after_ten_days_reads_seven_day_slices_within_the_budget(
         await h.run_for(1800)
         stopped_at = h.clock.now()
         watermark = h.ledger.watermark
+        full_mark = h.ledger.full_mark
         assert watermark is not None
         h.ledger.close()
 
@@ -507,9 +508,11 @@ async def test_catch_up_after_ten_days_reads_seven_day_slices_within_the_budget(
         ]
         assert len(spans) == 2
         assert all(q["active"] == "0" for q in history)
-        # The first slice starts at the saved watermark minus the overlap, slices are
-        # contiguous, none is longer than 7 days, and the last reaches past now.
-        assert spans[0][0] == watermark - poll.overlap_seconds
+        # The first slice starts at the saved last full read of the overlap (at most the
+        # watermark) minus the overlap, slices are contiguous, none is longer than 7 days,
+        # and the last reaches past now.
+        assert full_mark is not None and watermark - 600 <= full_mark <= watermark
+        assert spans[0][0] == full_mark - poll.overlap_seconds
         assert all(end - start <= SEVEN_DAYS for start, end in spans[:-1])
         assert spans[0][1] == spans[1][0]
         assert spans[-1][1] >= restarted_at
