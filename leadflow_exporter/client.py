@@ -273,6 +273,12 @@ class LeadFlowClient:
                 return decode_page(body, self._dates, self._extra_labels)
             except EnvelopeError as exc:
                 raise _Retryable("bad_envelope", self._scrub(str(exc))) from None
+            except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+                # A body no reader anticipated fails this query, not the poll loop.
+                log.warning("undecodable_page", query=kind, error=type(exc).__name__)
+                raise _Retryable(
+                    "bad_envelope", f"undecodable page: {type(exc).__name__}"
+                ) from None
         detail = f"HTTP {status}: {self._error_text(body)}"
         if status == 429:
             retry_after = parse_retry_after(retry_after_header, self._clock.now())

@@ -269,6 +269,27 @@ def _secret(
     environ: Mapping[str, str],
     base_dir: Path,
 ) -> Secret:
+    secret = _read_secret(raw, key, problems, environ, base_dir)
+    value = secret.reveal()
+    # The keys travel in HTTP headers: a line break or other control character (a secret
+    # file with two lines, say) would fail every request; a colon in the access key would
+    # move the split of "ACCESS:SECRET". Report the problem, never the value.
+    if value and (not value.isascii() or not value.isprintable()):
+        problems.add(f"api.{key}", "must be printable ASCII (no line breaks or spaces around it)")
+        return Secret("")
+    if key == "access_key" and ":" in value:
+        problems.add("api.access_key", "must not contain ':'")
+        return Secret("")
+    return secret
+
+
+def _read_secret(
+    raw: dict[str, Any],
+    key: str,
+    problems: _Problems,
+    environ: Mapping[str, str],
+    base_dir: Path,
+) -> Secret:
     path = f"api.{key}"
     env_name = SECRET_ENV[key]
     if environ.get(env_name):
@@ -299,6 +320,19 @@ def _secret(
     return Secret(inline.strip())
 
 
+# The API's documented maximum. A larger page_size is not an error the API is known to
+# report: if it quietly serves 250, every query would stop after its first page.
+MAX_PAGE_SIZE = 250
+
+
+def _page_size(section: dict[str, Any], problems: _Problems, default: int) -> int:
+    size = _number(section, "page_size", "api", problems, default, integer=True, minimum=0)
+    if size > MAX_PAGE_SIZE:
+        problems.add("api.page_size", f"must be <= {MAX_PAGE_SIZE}, the API's maximum")
+        return default
+    return int(size)
+
+
 def _api(raw: Any, problems: _Problems, environ: Mapping[str, str], base_dir: Path) -> ApiConfig:
     secret_keys = set(SECRET_ENV) | {f"{k}_file" for k in SECRET_ENV}
     allowed = {f.name for f in fields(ApiConfig)} | secret_keys
@@ -327,9 +361,7 @@ def _api(raw: Any, problems: _Problems, environ: Mapping[str, str], base_dir: Pa
             integer=True,
             minimum=0,
         ),
-        page_size=_number(
-            section, "page_size", "api", problems, d.page_size, integer=True, minimum=0
-        ),
+        page_size=_page_size(section, problems, d.page_size),
         timeout_seconds=float(
             _number(section, "timeout_seconds", "api", problems, d.timeout_seconds, minimum=0)
         ),

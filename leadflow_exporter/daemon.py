@@ -26,7 +26,7 @@ from leadflow_exporter.collector import HealthCollector, LedgerCollector
 from leadflow_exporter.config import Config, ConfigError, load_config
 from leadflow_exporter.exposition import Exposition
 from leadflow_exporter.health import Health
-from leadflow_exporter.ledger import Ledger, MemoryStore, Store
+from leadflow_exporter.ledger import EXPIRY_MARGIN_SECONDS, Ledger, MemoryStore, Store
 from leadflow_exporter.logsetup import configure_logging
 from leadflow_exporter.poller import Poller
 from leadflow_exporter.ratebudget import RateBudget
@@ -43,6 +43,8 @@ RESTART_ONLY = (
     ("metrics", "extra_labels"),
     ("server", "listen"),
     ("server", "web_config_file"),
+    # Calls are remembered by the hour of their start in this zone.
+    ("api", "timezone"),
 )
 
 
@@ -94,6 +96,7 @@ class Daemon:
             else None
         )
         self._reload_lock = asyncio.Lock()
+        self._render_lock = asyncio.Lock()
         self.port: int | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -169,8 +172,10 @@ class Daemon:
         self._poll_task = asyncio.create_task(poller.run(self._poll_stop), name="poller")
 
     async def _render(self) -> None:
-        # Rendering 100k series takes a while; a worker thread keeps scrapes flowing.
-        await asyncio.to_thread(self.exposition.render)
+        # Rendering 100k series takes a while; a worker thread keeps scrapes flowing. One at a
+        # time: an older snapshot published after a newer one would show as a counter reset.
+        async with self._render_lock:
+            await asyncio.to_thread(self.exposition.render)
 
     async def _stop_poller(self) -> None:
         task = self._poll_task
@@ -232,6 +237,11 @@ class Daemon:
             configure_logging(new.logging.level, new.logging.format)
             self.budget.per_minute = new.api.requests_per_minute
             self.ledger.max_series = new.metrics.max_series_per_metric
+            # A longer retention only applies going forward: the ledger's dedup floor keeps
+            # windows away from sids that were already expired.
+            self.ledger.retention_seconds = (
+                new.poll.overlap_seconds + new.poll.max_call_seconds + EXPIRY_MARGIN_SECONDS
+            )
             self.collector.interval_seconds = new.poll.interval_seconds
             self._server_state.config_view = new.redacted
             self.health.config_reload_ok = True

@@ -155,6 +155,9 @@ class Snapshot:
     watermark: float | None
     extra_labels: tuple[str, ...]
     full_mark: float | None = None
+    # The earliest call start the seen sids are complete from: the first window read, raised
+    # by every expiry. A history window must not reach before it, or it counts again.
+    covered_from: float | None = None
 
 
 class Store(Protocol):
@@ -170,6 +173,7 @@ class Store(Protocol):
         watermark: float | None,
         extra_labels: tuple[str, ...],
         full_mark: float | None = None,
+        covered_from: float | None = None,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -224,6 +228,7 @@ class Ledger:
         # When the history was last read over the whole overlap (see Poller): a restart
         # reaches back from here, so that a call showing up late is found after it too.
         self.full_mark: float | None = None
+        self.covered_from: float | None = None
         self.active: dict[str, int] = {}
         snapshot = store.load(extra_labels)
         if snapshot is not None:
@@ -232,6 +237,7 @@ class Ledger:
             self.followed = snapshot.followed
             self.watermark = snapshot.watermark
             self.full_mark = snapshot.full_mark
+            self.covered_from = snapshot.covered_from
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -421,8 +427,13 @@ class Ledger:
         followed: dict[str, FollowedCall],
         active: dict[str, int] | None,
         full_mark: float | None = None,
+        read_from: float | None = None,
     ) -> None:
-        """Persist the cycle in one transaction, then make it visible."""
+        """Persist the cycle in one transaction, then make it visible.
+
+        `read_from` is where this cycle's history window started; the first one committed
+        is where the seen sids begin to be complete.
+        """
         totals = self.totals.copy()
         for key, delta in batch.calls.items():
             totals.calls[key] = totals.calls.get(key, 0) + delta
@@ -435,6 +446,11 @@ class Ledger:
         new_watermark = watermark if watermark is not None else self.watermark
         new_full_mark = full_mark if full_mark is not None else self.full_mark
         horizon = self._expiry_bucket(new_watermark)
+        covered_from = self.covered_from
+        if covered_from is None and new_watermark is not None:
+            covered_from = read_from
+        if covered_from is not None and new_watermark is not None:
+            covered_from = max(covered_from, float(horizon * BUCKET_SECONDS))
         followed = {
             sid: call
             for sid, call in followed.items()
@@ -448,6 +464,7 @@ class Ledger:
             watermark=new_watermark,
             extra_labels=self.extra_labels,
             full_mark=new_full_mark,
+            covered_from=covered_from,
         )
         self.totals = totals
         for bucket, keys in batch.new_seen.items():
@@ -461,8 +478,23 @@ class Ledger:
         self.followed = followed
         self.watermark = new_watermark
         self.full_mark = new_full_mark
+        self.covered_from = covered_from
         if active is not None:
             self.active = active
+
+    def dedup_floor(self) -> float | None:
+        """The earliest call start a history window may reach back to without recounting.
+
+        Sids older than the retention (or than the first window read) are not remembered, so
+        a window reaching further, after a larger overlap was configured, say, would count
+        those calls again.
+        """
+        if self.watermark is None:
+            return None
+        floor = float(self._expiry_bucket(self.watermark) * BUCKET_SECONDS)
+        if self.covered_from is not None:
+            floor = max(floor, self.covered_from)
+        return floor
 
     def _expiry_bucket(self, watermark: float | None) -> int:
         if watermark is None:

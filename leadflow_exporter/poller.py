@@ -136,6 +136,7 @@ class Poller:
             followed=followed,
             active=active_counts,
             full_mark=self._full_read,
+            read_from=report.window_start,
         )
         report.counted = batch.counted
         report.baseline = batch.baseline
@@ -266,6 +267,9 @@ class Poller:
             # an overlap before the short window: older calls are the sid queries' job.
             floor = min(full_mark if full_mark is not None else watermark, watermark) - overlap
             start = self._reach_back(now, start, departed, max(floor, start - overlap))
+        floor = self.ledger.dedup_floor()
+        if floor is not None and start < floor:
+            start = floor
         report.full_overlap = full
         report.window_start = self._window_start = start
         reached: float | None = None

@@ -8,6 +8,7 @@ in any other field reads as zero and is reported by field name, and the call sti
 
 from __future__ import annotations
 
+import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -22,6 +23,9 @@ Scalar = str | int | float | bool | None
 # Money is summed exactly in ten-thousandths of a dollar: float sums drift, and these totals
 # are reconciled against invoices.
 MONEY_SCALE = 10_000
+# Largest magnitude a number field may have; beyond it the value is unreadable.
+MAX_ABS_VALUE = 1e12
+_NON_NEGATIVE_MONEY = frozenset({"offer_price", "affiliate_price"})
 
 
 class RawRecord(msgspec.Struct, gc=False):
@@ -200,7 +204,7 @@ class _Reader:
             self.bad[name] += 1
             return 0.0
         if isinstance(value, int | float):
-            return float(value)
+            return self._bounded(float(value), name)
         text = value.strip()
         if not text:
             return 0.0
@@ -213,13 +217,24 @@ class _Reader:
         except ValueError:
             self.bad[name] += 1
             return 0.0
-        if number != number or number in (float("inf"), float("-inf")):
+        return self._bounded(-number if negative else number, name)
+
+    def _bounded(self, number: float, name: str) -> float:
+        # NaN, infinities and absurd magnitudes read as unreadable: one such value must not
+        # overflow the exact money sums and stop every later cycle at the same record.
+        if not -MAX_ABS_VALUE <= number <= MAX_ABS_VALUE:
             self.bad[name] += 1
             return 0.0
-        return -number if negative else number
+        return number
 
     def money(self, value: Scalar, name: str) -> int:
-        return round(self.number(value, name) * MONEY_SCALE)
+        amount = self.number(value, name)
+        if amount < 0 and name in _NON_NEGATIVE_MONEY:
+            # A negative price would make a revenue or payout counter go down, which
+            # Prometheus reads as a counter reset. Margins may be negative; prices not.
+            self.bad[name] += 1
+            return 0
+        return round(amount * MONEY_SCALE)
 
     def flag(self, value: Scalar, name: str) -> bool:
         if value is None:
@@ -299,10 +314,8 @@ def _raw_records(body: bytes) -> tuple[list[RawRecord], int]:
     """The page's records, and how many items in it could not be read as records at all."""
     try:
         decoded = _decoder.decode(body)
-    except msgspec.ValidationError:
+    except (msgspec.ValidationError, msgspec.DecodeError):
         return _raw_records_one_by_one(body)
-    except msgspec.DecodeError as exc:
-        raise EnvelopeError(f"body is not valid JSON: {exc}") from None
     if isinstance(decoded, list):
         return decoded, 0
     items = decoded.response if decoded.response is not None else decoded.data
@@ -315,7 +328,13 @@ def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], int]:
     try:
         value: Any = _generic_decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise EnvelopeError(f"body is not valid JSON: {exc}") from None
+        # msgspec refuses numbers beyond a double (1e400); the standard library reads them
+        # as infinity, which the field readers then count as unreadable values. Without
+        # this, one such number would fail its whole page on every retry, for good.
+        try:
+            value = json.loads(body)
+        except (ValueError, RecursionError):
+            raise EnvelopeError(f"body is not valid JSON: {exc}") from None
     if isinstance(value, dict):
         for key in ("response", "data"):
             if isinstance(value.get(key), list):

@@ -133,6 +133,7 @@ class SQLiteStore:
         if watermark is None:
             return None
         full_mark = self._meta("full_read")
+        covered_from = self._meta("covered_from")
         saved_labels = tuple(json.loads(self._meta("extra_labels") or "[]"))
         if saved_labels != extra_labels:
             raise StateError(
@@ -165,6 +166,7 @@ class SQLiteStore:
             watermark=float(watermark),
             extra_labels=extra_labels,
             full_mark=None if full_mark is None else float(full_mark),
+            covered_from=None if covered_from is None else float(covered_from),
         )
 
     def write_cycle(
@@ -177,6 +179,7 @@ class SQLiteStore:
         watermark: float | None,
         extra_labels: tuple[str, ...] = (),
         full_mark: float | None = None,
+        covered_from: float | None = None,
     ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -202,6 +205,8 @@ class SQLiteStore:
                 self._set_meta("watermark", repr(watermark))
             if full_mark is not None:
                 self._set_meta("full_read", repr(full_mark))
+            if covered_from is not None:
+                self._set_meta("covered_from", repr(covered_from))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

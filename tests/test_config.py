@@ -898,3 +898,31 @@ def test_interval_longer_than_the_default_overlap_is_refused() -> None:
         "poll.interval_seconds: must be <= poll.overlap_seconds (900) so consecutive windows "
         "overlap"
     ]
+
+
+def test_page_size_above_the_api_maximum_is_refused() -> None:
+    from leadflow_exporter.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"api": {"page_size": 500}}, require_credentials=False)
+    assert caught.value.problems == ["api.page_size: must be <= 250, the API's maximum"]
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("secret_access_key", "line-one\nline-two", "must be printable ASCII"),
+        ("rate_limit_key", "tab\there", "must be printable ASCII"),
+        ("access_key", "has:colon", "must not contain ':'"),
+    ],
+)
+def test_secrets_that_cannot_travel_in_a_header_are_refused(
+    key: str, value: str, message: str
+) -> None:
+    from leadflow_exporter.config import ConfigError, parse_config
+
+    api = {"access_key": "a", "secret_access_key": "s", "rate_limit_key": "r", key: value}
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"api": api}, environ={})
+    assert any(p.startswith(f"api.{key}: {message}") for p in caught.value.problems)
+    assert value not in str(caught.value)

@@ -213,3 +213,18 @@ async def test_full_overlap_every_cycle_reads_the_whole_overlap_each_time() -> N
             report = await h.cycle(60)
             assert report.full_overlap
             assert report.window_start == report.watermark - 60 - 900
+
+
+async def test_a_longer_overlap_later_never_reaches_past_what_is_remembered() -> None:
+    from dataclasses import replace
+
+    async with harness(BUSY, sim={"volume": 2.0}) as h:
+        await h.cycle()
+        await h.run_for(6 * 3600)
+        # As a reload to an 8-hour overlap does: older sids than the retention were expired,
+        # so the window must stop at what is still remembered.
+        h.poller.poll = replace(h.poller.poll, overlap_seconds=8 * 3600)
+        h.ledger.retention_seconds = 8 * 3600 + 14400 + 3600
+        await h.run_for(1800)
+        await h.settle()
+        assert_matches_truth(h.ledger, h.truth())

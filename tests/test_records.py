@@ -319,11 +319,37 @@ def test_sid_forms(dates: CallDateParser, sid: Any, text: str) -> None:
 def test_money_values(dates: CallDateParser, value: Any, units: int, bad: int) -> None:
     page = one(dates, offer_price=value, affiliate_price="0", margin=value)
     rec = only(page)
-    assert rec.offer_price == units
     assert rec.margin == units
     assert isinstance(rec.offer_price, int)
-    assert page.bad_values["offer_price"] == bad
+    if units >= 0:
+        assert rec.offer_price == units
+        assert page.bad_values["offer_price"] == bad
+    else:
+        # Margins may be negative; a negative price would make a counter go down.
+        assert rec.offer_price == 0
+        assert page.bad_values["offer_price"] == 1
     assert page.bad_values["margin"] == bad
+
+
+@pytest.mark.parametrize("value", ["1e308", 1e308, "-1e13", "9" * 400])
+def test_absurd_numbers_read_as_unreadable_not_overflow(dates: CallDateParser, value: Any) -> None:
+    page = one(dates, offer_price=value, affiliate_price="1.00", talk_seconds=value)
+    rec = only(page)
+    assert rec.offer_price == 0
+    assert rec.talk_seconds == 0
+    assert page.bad_values["offer_price"] == 1
+
+
+def test_a_number_beyond_a_double_costs_one_value_not_the_page(dates: CallDateParser) -> None:
+    body = (
+        b'[{"sid": "a", "call_date": "2026-01-01 10:00:00", "offer_price": 1e400,'
+        b' "talk_seconds": 5, "total_seconds": 6},'
+        b' {"sid": "b", "call_date": "2026-01-01 10:00:00", "offer_price": "2.50",'
+        b' "talk_seconds": 5, "total_seconds": 6}]'
+    )
+    page = decode_page(body, dates)
+    assert [r.offer_price for r in page.records] == [0, 25_000]
+    assert page.bad_values["offer_price"] == 1
 
 
 def test_unparseable_numbers_counted_per_field(dates: CallDateParser) -> None:
