@@ -127,6 +127,11 @@ class LeadFlowClient:
     def window_query(
         self, kind: str, start: float, end: float, active: bool, set_id: int | None
     ) -> Query:
+        if self._falls_back_within(start, end):
+            # In the repeated hour the naive start may read as later than calls of the second
+            # pass; an API comparing wall-clock strings would skip them. An hour earlier
+            # covers both passes; the overlap's dedup makes the extra reads harmless.
+            start -= 3600
         params = {
             "start_date": self.api_date(start),
             "end_date": self.api_date(end),
@@ -135,6 +140,12 @@ class LeadFlowClient:
         if set_id is not None:
             params["set_id"] = str(set_id)
         return Query(kind, params)
+
+    def _falls_back_within(self, start: float, end: float) -> bool:
+        """Whether the zone's UTC offset drops (a DST fall-back) between start and end."""
+        first = datetime.fromtimestamp(int(start), UTC).astimezone(self._tz).utcoffset()
+        last = datetime.fromtimestamp(int(end), UTC).astimezone(self._tz).utcoffset()
+        return first is not None and last is not None and last < first
 
     def sid_query(self, sid: str) -> Query:
         # active=0: a call that only dropped out of a shifting page of the live list must not

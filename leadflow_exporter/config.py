@@ -144,6 +144,11 @@ class Config:
                 value = getattr(getattr(self, section.name), f.name)
                 if isinstance(value, Secret):
                     value = "<secret>" if value else ""
+                elif f.name == "base_url" and "@" in urlsplit(value).netloc:
+                    # A proxy or gateway URL may carry credentials of its own.
+                    parts = urlsplit(value)
+                    host = parts.netloc.rpartition("@")[2]
+                    value = parts._replace(netloc=f"<secret>@{host}").geturl()
                 elif isinstance(value, tuple):
                     value = list(value)
                 values[f.name] = value

@@ -261,8 +261,10 @@ async def run_daemon(config: Config, config_path: Path | None) -> int:
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload()))
-    await daemon.start()
-    await stop.wait()
-    log.info("stopping")
-    await daemon.stop()
+    try:
+        await daemon.start()
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await daemon.stop()
     return 0

@@ -79,6 +79,8 @@ class Poller:
         # changes while it is paged through, so one miss can be a call that shifted to an
         # already-read page; two in a row mean it ended.
         self._misses: dict[str, int] = {}
+        # Sids live at the baseline cycle's live-call poll (empty outside that cycle).
+        self._baseline_live: set[str] = set()
         # The read schedule. A full read covers [previous full read - overlap, now]: a call
         # never seen in progress that shows up in history up to `overlap_seconds` late is
         # found by the next one, exactly as when every cycle read the whole overlap, only
@@ -110,6 +112,7 @@ class Poller:
             active_counts, active_sids = await self._poll_active(now, followed, report)
 
         counting = self.ledger.has_baseline
+        self._baseline_live = set() if counting else active_sids
         # Start times of the followed calls that just left (or are still missing from) the
         # live list: the history window may reach back to them instead of sid queries.
         departed = (
@@ -329,6 +332,13 @@ class Poller:
     async def _stage(self, batch: CycleBatch, records: list[CallRecord], *, count: bool) -> None:
         """`ledger.add`, a slice at a time: a catch-up query can return a hundred thousand
         records, and staging them in one go would hold up scrapes for a tenth of a second."""
+        if not count and self._baseline_live:
+            # The baseline records what ended before the first poll; a call that was live at
+            # that poll and ended since is counted, as it would have been a cycle later.
+            live = [r for r in records if r.sid in self._baseline_live]
+            if live:
+                self.ledger.add(batch, live, count=True)
+                records = [r for r in records if r.sid not in self._baseline_live]
         for first in range(0, len(records), STAGE_CHUNK):
             if first:
                 await asyncio.sleep(0)

@@ -335,11 +335,19 @@ def test_dst_window_in_edt_and_est_differs_by_the_offset(
     )
     assert query.params["start_date"] == "2026-03-08T01:30:00"
     assert query.params["end_date"] == "2026-03-08T03:30:00"
-    # Across the fall-back hour, the wall clock does not move at all.
+    # Across the fall-back hour the wall clock would not move at all, so an API comparing
+    # wall-clock strings would see an empty window: the start reaches an hour further back.
     query = client.window_query(
         "history", utc(2026, 11, 1, 5, 30, 0), utc(2026, 11, 1, 6, 30, 0), False, None
     )
-    assert query.params["start_date"] == query.params["end_date"] == "2026-11-01T01:30:00"
+    assert query.params["start_date"] == "2026-11-01T00:30:00"
+    assert query.params["end_date"] == "2026-11-01T01:30:00"
+    # A window that does not contain the fall-back is sent as it is.
+    query = client.window_query(
+        "history", utc(2026, 11, 1, 6, 30, 0), utc(2026, 11, 1, 7, 30, 0), False, None
+    )
+    assert query.params["start_date"] == "2026-11-01T01:30:00"
+    assert query.params["end_date"] == "2026-11-01T02:30:00"
 
 
 # -- paging -----------------------------------------------------------------------------------
