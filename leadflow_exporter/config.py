@@ -92,6 +92,7 @@ class PollConfig:
     set_ids: tuple[int, ...] = ()
     active: bool = True
     max_call_seconds: float = 14400.0
+    full_overlap_every: int = 10
 
 
 @dataclass(frozen=True)
@@ -439,6 +440,16 @@ def _poll(raw: Any, problems: _Problems) -> PollConfig:
         set_ids=tuple(set_ids),
         active=_bool(section, "active", "poll", problems, d.active),
         max_call_seconds=max_call,
+        full_overlap_every=_number(
+            section,
+            "full_overlap_every",
+            "poll",
+            problems,
+            d.full_overlap_every,
+            integer=True,
+            minimum=1,
+            exclusive=False,
+        ),
     )
 
 

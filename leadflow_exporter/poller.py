@@ -29,9 +29,6 @@ log = structlog.get_logger("leadflow_exporter.poller")
 QUERY_END_MARGIN_SECONDS = 3900.0
 # Records staged between returns to the event loop (a couple of milliseconds of work).
 STAGE_CHUNK = 2000
-# `poll.full_overlap_every` when the config does not set it: every this many cycles the history
-# query reaches back over the whole overlap; the cycles between read only the last intervals.
-FULL_OVERLAP_EVERY = 10
 # A cheap cycle's window reaches this many poll intervals back before the watermark.
 CHEAP_WINDOW_INTERVALS = 2
 
@@ -88,7 +85,7 @@ class Poller:
         # (one page at most traffic), reaching back further only as far as the calls that
         # just left the live list, when that costs fewer requests than their sid queries.
         # 1 reads the whole overlap every cycle.
-        self.full_every = max(1, int(getattr(poll, "full_overlap_every", FULL_OVERLAP_EVERY)))
+        self.full_every = poll.full_overlap_every
         # `now` of this cycle's full read once it completed, for the ledger to commit.
         self._full_read: float | None = None
         # Where this cycle's history window started: a call that left the live list and

@@ -926,3 +926,11 @@ def test_secrets_that_cannot_travel_in_a_header_are_refused(
         parse_config({"api": api}, environ={})
     assert any(p.startswith(f"api.{key}: {message}") for p in caught.value.problems)
     assert value not in str(caught.value)
+
+
+def test_full_overlap_every_must_be_at_least_one() -> None:
+    from leadflow_exporter.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"poll": {"full_overlap_every": 0}}, require_credentials=False)
+    assert caught.value.problems == ["poll.full_overlap_every: must be >= 1"]
