@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from leadflow_exporter import __version__
@@ -103,8 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_problems(exc: ConfigError) -> None:
-    print(f"{exc.source or 'config'}: {len(exc.problems)} problem(s)", file=sys.stderr)
-    for problem in exc.problems:
+    _print_problem_list(exc.source or "config", exc.problems)
+
+
+def _print_problem_list(where: str, problems: Sequence[str]) -> None:
+    print(f"{where}: {len(problems)} problem(s)", file=sys.stderr)
+    for problem in problems:
         print(f"  {problem}", file=sys.stderr)
 
 
@@ -129,9 +134,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def _print_web_problems(exc: Exception) -> None:
     problems = getattr(exc, "problems", None) or [str(exc)]
     source = getattr(exc, "source", None) or "web config"
-    print(f"server.web_config_file: {source}: {len(problems)} problem(s)", file=sys.stderr)
-    for problem in problems:
-        print(f"  {problem}", file=sys.stderr)
+    _print_problem_list(f"server.web_config_file: {source}", problems)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -6,8 +6,8 @@ import math
 import os
 import re
 import zoneinfo
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -258,6 +258,18 @@ def _string(raw: dict[str, Any], key: str, path: str, problems: _Problems, defau
     return value
 
 
+def _list(
+    raw: dict[str, Any], key: str, path: str, problems: _Problems, expected: str
+) -> list[Any]:
+    value = raw.get(key)
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        problems.add(f"{path}.{key}", f"must be {expected}, got {_type_name(value)}")
+        return []
+    return value
+
+
 def _choice(
     raw: dict[str, Any], key: str, path: str, problems: _Problems, default: str, choices: tuple
 ) -> str:
@@ -392,12 +404,7 @@ def _poll(raw: Any, problems: _Problems) -> PollConfig:
     section = _section(raw, "poll", problems, {f.name for f in fields(PollConfig)})
     d = PollConfig()
     set_ids: list[int] = []
-    raw_ids = section.get("set_ids", [])
-    if raw_ids is None:
-        raw_ids = []
-    if not isinstance(raw_ids, list):
-        problems.add("poll.set_ids", f"must be a list of integers, got {_type_name(raw_ids)}")
-        raw_ids = []
+    raw_ids = _list(section, "set_ids", "poll", problems, "a list of integers")
     for i, value in enumerate(raw_ids):
         if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
             problems.add(f"poll.set_ids[{i}]", f"must be a positive integer, got {value!r}")
@@ -457,12 +464,7 @@ def _metrics(raw: Any, problems: _Problems) -> MetricsConfig:
     section = _section(raw, "metrics", problems, {f.name for f in fields(MetricsConfig)})
     d = MetricsConfig()
     labels: list[str] = []
-    raw_labels = section.get("extra_labels", [])
-    if raw_labels is None:
-        raw_labels = []
-    if not isinstance(raw_labels, list):
-        problems.add("metrics.extra_labels", f"must be a list, got {_type_name(raw_labels)}")
-        raw_labels = []
+    raw_labels = _list(section, "extra_labels", "metrics", problems, "a list")
     for i, value in enumerate(raw_labels):
         where = f"metrics.extra_labels[{i}]"
         if not isinstance(value, str):
@@ -593,8 +595,6 @@ def load_config(
     )
 
 
-ConfigLoader = Callable[[], Config]
-
 __all__ = [
     "DEFAULT_PORT",
     "EXTRA_LABELS",
@@ -602,7 +602,6 @@ __all__ = [
     "ApiConfig",
     "Config",
     "ConfigError",
-    "ConfigLoader",
     "LoggingConfig",
     "MetricsConfig",
     "PollConfig",
@@ -611,6 +610,5 @@ __all__ = [
     "StateConfig",
     "load_config",
     "parse_config",
-    "replace",
     "split_listen",
 ]
