@@ -12,7 +12,7 @@ import json
 import re
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -64,6 +64,9 @@ _decoder = msgspec.json.Decoder(_PAGE_TYPE)
 _generic_decoder = msgspec.json.Decoder()
 
 
+_WireFlag = Literal["Y", "N"]
+
+
 class _WireRecord(msgspec.Struct, gc=False):
     """The counted fields, narrowed to the form the API documents and normally sends.
 
@@ -77,18 +80,21 @@ class _WireRecord(msgspec.Struct, gc=False):
 
     sid: str
     call_date: str
+    # Checked by the decoder, in C: a null, missing or negative duration, or a flag other
+    # than "Y", "N" or null, sends the page to the tolerant reader, which reads them the
+    # same way the checks in Python did (`_convert`).
+    talk_seconds: Annotated[int, msgspec.Meta(ge=0)]
+    total_seconds: Annotated[int, msgspec.Meta(ge=0)]
     set_name: str | None = None
     lead_status: str | None = None
-    reroute: str | None = None
-    repeat_affiliate_caller: str | None = None
-    offer_qualified: str | None = None
+    reroute: _WireFlag | None = None
+    repeat_affiliate_caller: _WireFlag | None = None
+    offer_qualified: _WireFlag | None = None
     offer_price: str | None = None
-    affiliate_qualified: str | None = None
+    affiliate_qualified: _WireFlag | None = None
     affiliate_price: str | None = None
     margin: str | None = None
-    talk_seconds: int | None = None
-    total_seconds: int | None = None
-    contest_qualification: str | None = None
+    contest_qualification: _WireFlag | None = None
 
 
 class _WireLabelledRecord(_WireRecord, gc=False):
@@ -370,7 +376,6 @@ def _wire_records(body: bytes, labelled: bool) -> list[_WireRecord] | None:
 # set's offers have few prices); call dates repeat their minute. Each is bounded.
 _CACHE_LIMIT = 100_000
 _money_cache: dict[str, int] = {}
-_flag_values: dict[str | None, bool] = {"Y": True, "N": False, None: False}
 _SECONDS = {f"{s:02d}": s for s in range(60)}
 # Epoch of each "YYYY-MM-DD HH:MM" (either separator), per date parser: its time zone.
 _minute_bases: dict[CallDateParser, dict[str, float]] = {}
@@ -410,8 +415,9 @@ def _convert_wire(
     """`_convert` for records in the documented form: the same results, far fewer checks.
 
     This loop is most of the exporter's CPU time during a catch-up, hence the local names and
-    the inlined look-ups. A record it cannot take as it is (no sid, a missing or negative
-    duration) raises `_NotWireForm`, and the caller reads the whole page the tolerant way.
+    the inlined look-ups. Durations and flags were checked by the decoder; a record it cannot
+    take as it is (a blank sid) raises `_NotWireForm`, and the caller reads the whole page the
+    tolerant way.
     """
     minutes = _minute_bases.get(dates)
     if minutes is None:
@@ -421,16 +427,12 @@ def _convert_wire(
     minute_get = minutes.get
     seconds_get = _SECONDS.get
     money_get = _money_cache.get
-    flag_get = _flag_values.get
     status_get = _status_cache.get
-    flag = reader.flag
     append = page.records.append
     key_of = hash
     for raw in raws:
-        talk = raw.talk_seconds
-        total = raw.total_seconds
         sid = raw.sid.strip()
-        if not sid or talk is None or total is None or talk < 0 or total < 0:
+        if not sid:
             raise _NotWireForm
         call_date = raw.call_date
         base = minute_get(call_date[:16])
@@ -464,26 +466,12 @@ def _convert_wire(
             status = snake_status(value)
         value = raw.set_name
         set_name = (value.strip() if value is not None else "") or "unknown"
-        value = raw.offer_qualified
-        offer_qualified = flag_get(value)
-        if offer_qualified is None:
-            offer_qualified = flag(value, "offer_qualified")
-        value = raw.affiliate_qualified
-        affiliate_qualified = flag_get(value)
-        if affiliate_qualified is None:
-            affiliate_qualified = flag(value, "affiliate_qualified")
-        value = raw.reroute
-        reroute = flag_get(value)
-        if reroute is None:
-            reroute = flag(value, "reroute")
-        value = raw.repeat_affiliate_caller
-        repeat = flag_get(value)
-        if repeat is None:
-            repeat = flag(value, "repeat_affiliate_caller")
-        value = raw.contest_qualification
-        contested = flag_get(value)
-        if contested is None:
-            contested = flag(value, "contest_qualification")
+        # The decoder let through only "Y", "N" and null.
+        offer_qualified = raw.offer_qualified == "Y"
+        affiliate_qualified = raw.affiliate_qualified == "Y"
+        reroute = raw.reroute == "Y"
+        repeat = raw.repeat_affiliate_caller == "Y"
+        contested = raw.contest_qualification == "Y"
         append(
             CallRecord(
                 sid,
@@ -492,8 +480,8 @@ def _convert_wire(
                 set_name,
                 status,
                 {name: _label(getattr(raw, name)) for name in extra_labels} if extra_labels else {},
-                float(talk),
-                float(total),
+                float(raw.talk_seconds),
+                float(raw.total_seconds),
                 offer_price,
                 affiliate_price,
                 margin,
