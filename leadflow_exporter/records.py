@@ -65,6 +65,8 @@ _generic_decoder = msgspec.json.Decoder()
 
 
 _WireFlag = Literal["Y", "N"]
+# Every int in these bounds reads exactly as a float, and as itself in `_Reader.number`.
+_WireDuration = Annotated[int, msgspec.Meta(ge=0, le=int(MAX_ABS_VALUE))]
 
 
 class _WireRecord(msgspec.Struct, gc=False):
@@ -80,11 +82,11 @@ class _WireRecord(msgspec.Struct, gc=False):
 
     sid: str
     call_date: str
-    # Checked by the decoder, in C: a null, missing or negative duration, or a flag other
-    # than "Y", "N" or null, sends the page to the tolerant reader, which reads them the
-    # same way the checks in Python did (`_convert`).
-    talk_seconds: Annotated[int, msgspec.Meta(ge=0)]
-    total_seconds: Annotated[int, msgspec.Meta(ge=0)]
+    # Checked by the decoder, in C: a null, missing, negative or out-of-bounds duration
+    # (beyond MAX_ABS_VALUE), or a flag other than "Y", "N" or null, sends the page to the
+    # tolerant reader, which counts the unreadable ones (`_convert`).
+    talk_seconds: _WireDuration
+    total_seconds: _WireDuration
     set_name: str | None = None
     lead_status: str | None = None
     reroute: _WireFlag | None = None
@@ -375,21 +377,26 @@ def _wire_records(body: bytes, labelled: bool) -> list[_WireRecord] | None:
 # Conversion caches for the hot path. Money strings and statuses repeat across calls (a
 # set's offers have few prices); call dates repeat their minute. Each is bounded.
 _CACHE_LIMIT = 100_000
-_money_cache: dict[str, int] = {}
+# Money strings read to units, one cache per reading rule: a price and a margin do not read
+# the same string alike ("-5.00" is a margin, but an unreadable price). Only readable values
+# are cached, so a hit needs no check.
+_price_cache: dict[str, int] = {}
+_margin_cache: dict[str, int] = {}
 _SECONDS = {f"{s:02d}": s for s in range(60)}
 # Epoch of each "YYYY-MM-DD HH:MM" (either separator), per date parser: its time zone.
 _minute_bases: dict[CallDateParser, dict[str, float]] = {}
 
 
-def _money_units(value: str | None, name: str, reader: _Reader) -> int:
+def _money_units(value: str | None, name: str, reader: _Reader, cache: dict[str, int]) -> int:
+    """`reader.money(value, name)`, kept in `cache` (the one for `name`'s rule) when readable."""
     if value is None:
         return 0
     bad_before = reader.bad[name]
     units = reader.money(value, name)
     if reader.bad[name] == bad_before:
-        if len(_money_cache) >= _CACHE_LIMIT:
-            _money_cache.clear()
-        _money_cache[value] = units
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[value] = units
     return units
 
 
@@ -426,7 +433,8 @@ def _convert_wire(
         minutes = _minute_bases[dates] = {}
     minute_get = minutes.get
     seconds_get = _SECONDS.get
-    money_get = _money_cache.get
+    price_get = _price_cache.get
+    margin_get = _margin_cache.get
     status_get = _status_cache.get
     append = page.records.append
     key_of = hash
@@ -446,20 +454,20 @@ def _convert_wire(
                 continue
             call_ts = parsed
         value = raw.offer_price
-        offer_price = money_get(value) if value is not None else 0
+        offer_price = price_get(value) if value is not None else 0
         if offer_price is None:
-            offer_price = _money_units(value, "offer_price", reader)
+            offer_price = _money_units(value, "offer_price", reader, _price_cache)
         value = raw.affiliate_price
-        affiliate_price = money_get(value) if value is not None else 0
+        affiliate_price = price_get(value) if value is not None else 0
         if affiliate_price is None:
-            affiliate_price = _money_units(value, "affiliate_price", reader)
+            affiliate_price = _money_units(value, "affiliate_price", reader, _price_cache)
         value = raw.margin
         if value is None or value == "":
             margin = offer_price - affiliate_price
         else:
-            margin = money_get(value)
+            margin = margin_get(value)
             if margin is None:
-                margin = _money_units(value, "margin", reader)
+                margin = _money_units(value, "margin", reader, _margin_cache)
         value = raw.lead_status
         status = status_get(value) if value is not None else "unknown"
         if status is None:
@@ -494,17 +502,21 @@ def _convert_wire(
         )
 
 
-def decode_page(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...] = ()) -> Page:
-    """Decode one page. Raises EnvelopeError when the body as a whole is unusable."""
+def _decode_fast(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...]) -> Page | None:
+    """The page read through the fast path, or None when it needs the tolerant reader."""
     wire = _wire_records(body, bool(extra_labels))
-    if wire is not None:
-        page = Page(size=len(wire))
-        try:
-            _convert_wire(wire, dates, extra_labels, page, _Reader(page.bad_values))
-        except _NotWireForm:
-            pass
-        else:
-            return page
+    if wire is None:
+        return None
+    page = Page(size=len(wire))
+    try:
+        _convert_wire(wire, dates, extra_labels, page, _Reader(page.bad_values))
+    except _NotWireForm:
+        return None
+    return page
+
+
+def _decode_tolerant(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...]) -> Page:
+    """The page read field by field: the reference `_decode_fast` must agree with."""
     raws, malformed = _raw_records(body)
     page = Page(size=len(raws) + malformed)
     if malformed:
@@ -513,3 +525,9 @@ def decode_page(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...
     for raw in raws:
         _convert(raw, dates, extra_labels, page, reader)
     return page
+
+
+def decode_page(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...] = ()) -> Page:
+    """Decode one page. Raises EnvelopeError when the body as a whole is unusable."""
+    page = _decode_fast(body, dates, extra_labels)
+    return page if page is not None else _decode_tolerant(body, dates, extra_labels)

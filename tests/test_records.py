@@ -15,6 +15,7 @@ from leadflow_exporter.records import (
     CallRecord,
     EnvelopeError,
     Page,
+    _decode_fast,
     decode_page,
     sid_key,
     snake_status,
@@ -338,6 +339,46 @@ def test_absurd_numbers_read_as_unreadable_not_overflow(dates: CallDateParser, v
     assert rec.offer_price == 0
     assert rec.talk_seconds == 0
     assert page.bad_values["offer_price"] == 1
+
+
+def wire_record(**overrides: Any) -> dict[str, Any]:
+    """A record in the exact form the API sends, which the fast path reads."""
+    fields: dict[str, Any] = {
+        "talk_seconds": 150,
+        "total_seconds": 180,
+        "talk_minutes": 2.5,
+        "total_minutes": 3.0,
+    }
+    return record(**{**fields, **overrides})
+
+
+def test_a_negative_margin_read_before_does_not_pass_as_a_price(dates: CallDateParser) -> None:
+    # The fast path caches money strings; "-7.3125" read as a margin must still be an
+    # unreadable price when it comes again in a price field.
+    first = body([wire_record(sid="a", margin="-7.3125")])
+    assert _decode_fast(first, dates, ()) is not None
+    assert only(decode_page(first, dates)).margin == -73_125
+    again = body(
+        [wire_record(sid="b", offer_price="-7.3125", affiliate_price="-7.3125", margin="-7.3125")]
+    )
+    assert _decode_fast(again, dates, ()) is not None
+    page = decode_page(again, dates)
+    rec = only(page)
+    assert (rec.offer_price, rec.affiliate_price, rec.margin) == (0, 0, -73_125)
+    assert page.bad_values == {"offer_price": 1, "affiliate_price": 1}
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds", "bad"),
+    [(10**12, 1e12, 0), (10**12 + 1, 0.0, 1), (10**15, 0.0, 1), (2**64 + 1, 0.0, 1)],
+)
+def test_durations_beyond_the_bound_are_unreadable_in_wire_form(
+    dates: CallDateParser, value: int, seconds: float, bad: int
+) -> None:
+    page = decode_page(body([wire_record(talk_seconds=value, total_seconds=value)]), dates)
+    rec = only(page)
+    assert (rec.talk_seconds, rec.total_seconds) == (seconds, seconds)
+    assert page.bad_values == ({"talk_seconds": 1, "total_seconds": 1} if bad else {})
 
 
 def test_a_number_beyond_a_double_costs_one_value_not_the_page(dates: CallDateParser) -> None:
