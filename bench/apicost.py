@@ -2,7 +2,8 @@
 
 The exporter's own client and poller poll the simulator over HTTP on loopback, on a manual
 clock that moves one poll interval per cycle (a busy weekday morning, so no minute is idle).
-The simulator counts every request by kind (`GET /_sim/stats`) and knows the truth:
+The poll settings are the config defaults (`PollConfig()`, 30 s cycles) unless a `PollConfig`
+is passed. The simulator counts every request by kind (`GET /_sim/stats`) and knows the truth:
 
 - minimum per interval: the pages needed to read each call that finished in it once,
   `max(1, ceil(finished / 250))` (a poller has to ask to learn there was nothing), plus the
@@ -14,6 +15,8 @@ The simulator counts every request by kind (`GET /_sim/stats`) and knows the tru
   calls), or it is asked for by sid (one request each; the API takes one sid per request).
 
 The first cycle (a baseline of the overlap window, not counted) is left out of both sides.
+The busiest minute is the most requests sent in any 60 s, the window `requests_per_minute`
+applies to: the most in any run of consecutive cycles that fits in a minute.
 """
 
 from __future__ import annotations
@@ -31,13 +34,13 @@ from leadflow_exporter.config import ApiConfig, PollConfig, Secret
 from leadflow_exporter.health import Health
 from leadflow_exporter.ledger import Ledger, MemoryStore
 from leadflow_exporter.poller import Poller
-from leadflow_exporter.ratebudget import RateBudget
+from leadflow_exporter.ratebudget import WINDOW_SECONDS, RateBudget
 from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, STATE_KEY, create_app
 
 # Tuesday 10:00 US Eastern: business hours, every set busy.
 BUSY = datetime(2026, 11, 17, 15, 0, tzinfo=UTC).timestamp()
 PAGE_SIZE = 250
-REQUESTS_PER_MINUTE = 90  # the config default
+REQUESTS_PER_MINUTE = ApiConfig().requests_per_minute  # the config default
 
 
 @dataclass
@@ -77,8 +80,14 @@ def _pages(count: int) -> int:
     return max(1, math.ceil(count / PAGE_SIZE))
 
 
-async def measure(volume: float, *, minutes: int, seed: int = 3) -> CostFigures:
-    poll = PollConfig(interval_seconds=60.0)
+async def measure(
+    volume: float, *, minutes: int, seed: int = 3, poll: PollConfig | None = None
+) -> CostFigures:
+    """Poll for `minutes` of simulated time (whole cycles) after the baseline cycle."""
+    poll = poll or PollConfig()
+    cycles = max(1, round(minutes * 60.0 / poll.interval_seconds))
+    # Cycle instants that fit in one half-open 60 s window of the request budget.
+    per_window = max(1, math.ceil(WINDOW_SECONDS / poll.interval_seconds - 1e-9))
     clock = ManualClock(BUSY)
     app = create_app(
         seed=seed, volume=volume, clock=clock.now, rate_limit_per_minute=0, slow_seconds=0.0
@@ -111,17 +120,18 @@ async def measure(volume: float, *, minutes: int, seed: int = 3) -> CostFigures:
             start = clock.now()
             before = await stats()
             minimum = 0
-            max_per_minute = 0
+            per_cycle: list[int] = []
             previous_total = before["requests_total"]
-            for _ in range(minutes):
+            for _ in range(cycles):
                 cycle_start = clock.now()
                 clock.advance(poll.interval_seconds)
                 await poller.run_cycle()
                 truth = sim.truth(since=cycle_start, until=cycle_start + poll.interval_seconds)
                 minimum += _pages(truth["calls_total"]) + _pages(truth["active_total"])
                 now_stats = await stats()
-                max_per_minute = max(max_per_minute, now_stats["requests_total"] - previous_total)
+                per_cycle.append(now_stats["requests_total"] - previous_total)
                 previous_total = now_stats["requests_total"]
+            max_per_minute = max(sum(per_cycle[i : i + per_window]) for i in range(len(per_cycle)))
             after = await stats()
             truth = sim.truth(since=start, until=clock.now())
             counted = sum(ledger.totals.calls.values())

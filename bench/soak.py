@@ -285,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hours", type=float, default=72.0, help="simulated hours")
     parser.add_argument("--volume", type=float, default=10.0, help="traffic multiplier")
-    parser.add_argument("--interval", type=float, default=60.0, help="poll interval, seconds")
+    parser.add_argument(
+        "--interval",
+        type=float,
+        default=PollConfig().interval_seconds,
+        help="poll interval, seconds (default: the config default, %(default)s)",
+    )
     parser.add_argument("--overlap", type=float, default=900.0, help="overlap, seconds")
     parser.add_argument("--max-call-seconds", type=float, default=14400.0)
     parser.add_argument("--seed", type=int, default=1)

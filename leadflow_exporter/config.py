@@ -87,12 +87,12 @@ class ApiConfig:
 
 @dataclass(frozen=True)
 class PollConfig:
-    interval_seconds: float = 60.0
+    interval_seconds: float = 30.0
     overlap_seconds: float = 900.0
     set_ids: tuple[int, ...] = ()
     active: bool = True
     max_call_seconds: float = 14400.0
-    full_overlap_every: int = 10
+    full_overlap_every: int = 20
 
 
 @dataclass(frozen=True)

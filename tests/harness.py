@@ -84,7 +84,11 @@ async def harness(
     app = create_app(clock=clock.now, **sim_kwargs)
     server = TestServer(app)
     await server.start_server()
-    poll = poll or PollConfig(interval_seconds=60, overlap_seconds=900, max_call_seconds=14400)
+    # One-minute cycles (the tests advance the clock in minutes) with the default 10-minute
+    # full read: full_overlap_every counts cycles, and its default of 20 is for 30 s cycles.
+    poll = poll or PollConfig(
+        interval_seconds=60, overlap_seconds=900, max_call_seconds=14400, full_overlap_every=10
+    )
     health = Health()
     ledger = Ledger(
         store or MemoryStore(),

@@ -934,3 +934,11 @@ def test_full_overlap_every_must_be_at_least_one() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_config({"poll": {"full_overlap_every": 0}}, require_credentials=False)
     assert caught.value.problems == ["poll.full_overlap_every: must be >= 1"]
+
+
+def test_default_poll_schedule_is_valid_and_reads_the_whole_overlap_every_ten_minutes() -> None:
+    poll = parse_config({}, environ={}, require_credentials=False).poll
+    assert poll.interval_seconds == 30.0
+    assert poll.overlap_seconds >= poll.interval_seconds
+    # full_overlap_every counts cycles: at the default interval it is a full read every 10 min.
+    assert poll.full_overlap_every * poll.interval_seconds == 600.0

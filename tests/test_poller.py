@@ -146,12 +146,22 @@ async def test_restart_resumes_from_saved_state(tmp_path) -> None:
 LAG_SECONDS = 480.0
 
 
-async def test_a_call_that_shows_up_late_is_counted_once_by_the_next_full_read() -> None:
+@pytest.mark.parametrize(
+    "poll",
+    [
+        None,  # the harness's one-minute cycles, a full read every 10
+        PollConfig(overlap_seconds=900, max_call_seconds=14400),  # the defaults: 30 s, every 20
+    ],
+    ids=["60s-every-10", "defaults"],
+)
+async def test_a_call_that_shows_up_late_is_counted_once_by_the_next_full_read(
+    poll: PollConfig | None,
+) -> None:
     """Between full reads the window only reaches back two intervals (further only for calls
     that just left the live list). A call never seen in progress that finished while the API
     lagged, and shows up after its start left that window, is counted by the next full read
     of the overlap, once."""
-    async with harness(BUSY, sim={"volume": 2.0}) as h:
+    async with harness(BUSY, poll=poll, sim={"volume": 2.0}) as h:
         await h.cycle()
         assert h.poller.full_every > 1
         lag_from = h.clock.now()
@@ -185,8 +195,11 @@ async def test_a_call_that_shows_up_late_is_counted_once_by_the_next_full_read()
 
         h.poller.client.fetch = lagging_fetch  # type: ignore[method-assign]
         counted_by: dict[str, tuple[bool, float]] = {}
-        for _ in range(40):
-            report = await h.cycle(60)
+        interval = h.poller.poll.interval_seconds
+        # Both schedules read the whole overlap every 10 minutes.
+        assert h.poller.full_every * interval == 600
+        for _ in range(int(2400 // interval)):
+            report = await h.cycle(interval)
             assert report.ok
             for call in late:
                 if call.sid not in counted_by and h.ledger.is_seen(sid_key(call.sid), call.start):
