@@ -50,6 +50,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import yaml
+
+from leadflow_exporter.config import PollConfig
 from leadflow_exporter.simulator import LEAD_STATUSES, STATUS_KEYS, TrafficModel
 from leadflow_exporter.simulator.catalog import SETS, SETS_BY_ID
 from leadflow_exporter.simulator.scenarios import Schedule, targeted
@@ -134,6 +137,8 @@ class Result:
     rules: str
     week_start: str
     warmup_days: int = 8
+    poll_interval: int = 60
+    eval_interval: int = MINUTE
     calls_normal: int = 0
     calls_spikes: int = 0
     normal_episodes: list[Episode] = field(default_factory=list)
@@ -169,16 +174,22 @@ class Result:
 
 
 def counter_samples(
-    model: TrafficModel, begin: int, end: int, scrape_interval: int, poll_offset: int
+    model: TrafficModel,
+    begin: int,
+    end: int,
+    scrape_interval: int,
+    poll_offset: int,
+    poll_interval: int = 60,
 ) -> tuple[dict[tuple[str, str], list[int]], int]:
     """Scraped values of leadflow_calls_total per (set, status) from ``begin`` to ``end``.
 
-    The exporter polls at ``poll_offset`` seconds past every minute and has then counted every
-    call that finished by the poll; a scrape at time ``s`` sees the latest poll at or before
-    ``s``. Counters start at 0 when the exporter starts (``begin``); only calls that started
-    after it are counted (the first window is recorded as seen without being counted).
+    The exporter polls every ``poll_interval`` seconds, the first ``poll_offset`` seconds
+    after ``begin``, and has then counted every call that finished by the poll; a scrape at
+    time ``s`` sees the latest poll at or before ``s``. Counters start at 0 when the
+    exporter starts (``begin``); only calls that started after it are counted (the first
+    window is recorded as seen without being counted).
     """
-    polls = (end - begin) // MINUTE + 2
+    polls = (end - begin) // poll_interval + 2
     # finished[key][i]: calls that finished in (poll i-1, poll i]
     finished: dict[tuple[str, str], list[int]] = {
         (s.name, STATUS_KEYS[status]): [0] * polls for s in SETS for status in LEAD_STATUSES
@@ -188,7 +199,7 @@ def counter_samples(
     for call in model.calls_between(begin, end):
         if call.end > end:
             continue
-        index = max(0, -(-(call.end - first_poll) // MINUTE))  # the first poll at/after end
+        index = max(0, -(-(call.end - first_poll) // poll_interval))  # first poll at/after end
         if index < polls:
             finished[(call.set_name, STATUS_KEYS[call.lead_status])][index] += 1
             calls += 1
@@ -202,7 +213,7 @@ def counter_samples(
             totals.append(running)
         values = []
         for s in scrapes:
-            i = (s - first_poll) // MINUTE
+            i = (s - first_poll) // poll_interval
             values.append(totals[i] if i >= 0 else 0)
         out[key] = values
     return out, calls
@@ -230,23 +241,41 @@ def _series(name: str, labels: dict[str, str], values: list[int] | str) -> str:
     return f"      - series: '{name}{{{label_text}}}'\n        values: '{text}'\n"
 
 
+def shortest_interval(rules: Path) -> int:
+    """The shortest group interval of ``rules``; a minute when no group sets one."""
+    return min([i for _, i in rule_groups(rules) if i] or [MINUTE])
+
+
+def rule_groups(rules: Path) -> list[tuple[str, int | None]]:
+    """(name, interval in seconds or None for the global one) of each group, in file order."""
+    groups = yaml.safe_load(rules.read_text())["groups"]
+    return [
+        (g["name"], _duration_seconds(g["interval"]) if "interval" in g else None) for g in groups
+    ]
+
+
 def unit_test_file(
     rules: Path,
     samples: dict[tuple[str, str], list[int]] | dict[str, dict[tuple[str, str], list[int]]],
     scrape_interval: int,
-    eval_minutes: range,
+    eval_times: range,
+    eval_interval: int = MINUTE,
 ) -> str:
     """A promtool test file: the series, and 'no alert' expected at every evaluation.
 
     ``samples`` maps (set, status) to scraped values, or instance to such a map (several
-    exporters in one evaluation).
+    exporters in one evaluation). ``eval_times`` are offsets in seconds; the spike alerts are
+    checked at each of them, the others once a minute. promtool evaluates every group at
+    every ``eval_interval`` (it ignores the groups' own ``interval``), so this should be the
+    shortest group interval of the rules file.
     """
     one = not all(isinstance(k, str) for k in samples)
     instances = {"exporter:10151": samples} if one else samples
+    order = "".join(f"  - {name}\n" for name, _ in rule_groups(rules))
     parts = [
         f"rule_files:\n  - {json.dumps(str(rules))}\n",
-        "evaluation_interval: 1m\n",
-        "group_eval_order:\n  - leadflow-exporter.rules\n  - leadflow-exporter.alerts\n",
+        f"evaluation_interval: {eval_interval}s\n",
+        f"group_eval_order:\n{order}",
         "tests:\n",
         f"  - interval: {scrape_interval}s\n    input_series:\n",
     ]
@@ -260,9 +289,10 @@ def unit_test_file(
         parts.append(_series("up", base, f"1x{n - 1}"))
         parts.append(_series("leadflow_up", base, f"1x{n - 1}"))
     parts.append("    alert_rule_test:\n")
-    for minute in eval_minutes:
+    for t in eval_times:
         for alert in ALERTS:
-            parts.append(f"      - {{eval_time: {minute}m, alertname: {alert}, exp_alerts: []}}\n")
+            if alert in SPIKE_ALERTS.values() or t % MINUTE == 0:
+                parts.append(f"      - {{eval_time: {t}s, alertname: {alert}, exp_alerts: []}}\n")
     return "".join(parts)
 
 
@@ -312,7 +342,7 @@ def run_promtool(test_text: str, workdir: Path) -> dict[tuple[str, str, str], li
 
 
 def episodes(firing: dict[tuple[str, str, str], list[int]], origin: int) -> list[Episode]:
-    """Contiguous runs of firing evaluations (1 minute apart) as episodes, in epoch seconds."""
+    """Runs of firing evaluations (at most a minute apart) as episodes, in epoch seconds."""
     out = []
     for (alert, _instance, set_name), offsets in firing.items():
         offsets = sorted(set(offsets))
@@ -338,6 +368,8 @@ def evaluate(
     scrape_interval: int,
     poll_offset: int,
     workdir: Path,
+    poll_interval: int = 60,
+    eval_interval: int = MINUTE,
 ) -> dict[str, tuple[list[Episode], int]]:
     """Episodes (of the week only) and finished calls per run, all runs in one evaluation."""
     begin = week_start - warmup_days * DAY
@@ -346,12 +378,12 @@ def evaluate(
     calls = {}
     for run, model in models.items():
         samples[RUNS[run]], calls[run] = counter_samples(
-            model, begin, end, scrape_interval, poll_offset
+            model, begin, end, scrape_interval, poll_offset, poll_interval
         )
-    # promtool evaluates the rules at every minute from the start (the warm-up builds the
-    # baselines); alerts are expected (and reported) for the week only.
-    minutes = range((week_start - begin) // MINUTE, (end - begin) // MINUTE + 1)
-    text = unit_test_file(rules, samples, scrape_interval, minutes)
+    # promtool evaluates the rules at every eval_interval from the start (the warm-up builds
+    # the baselines); alerts are expected (and reported) for the week only.
+    times = range(week_start - begin, end - begin + 1, eval_interval)
+    text = unit_test_file(rules, samples, scrape_interval, times, eval_interval)
     firing = run_promtool(text, workdir)
     out = {}
     for run in models:
@@ -405,10 +437,16 @@ def backtest(
     week_start: datetime = DEFAULT_START,
     warmup_days: int = 8,
     runs: tuple[str, ...] = ("normal", "spikes"),
+    poll_interval: int | None = None,
+    eval_interval: int | None = None,
 ) -> Result:
     """Evaluate ``runs`` (by default both; the spike run alone also shows false alarms, as
     alerts that match no spike, at half the cost)."""
     started = time.monotonic()
+    if poll_interval is None:
+        poll_interval = int(PollConfig().interval_seconds)
+    if eval_interval is None:
+        eval_interval = shortest_interval(rules)
     spikes = list(DEFAULT_SPIKES if spikes is None else spikes)
     if any(s.day >= days for s in spikes):
         raise ValueError("a spike lies outside the simulated days")
@@ -426,6 +464,8 @@ def backtest(
         str(rules),
         week_start.isoformat(),
         warmup_days,
+        poll_interval,
+        eval_interval,
     )
     schedule = []
     for s in spikes:
@@ -444,7 +484,16 @@ def backtest(
     models = {run: model for run, model in models.items() if run in runs}
     with tempfile.TemporaryDirectory(prefix="leadflow-backtest-") as tmp:
         found = evaluate(
-            models, start, days, warmup_days, rules, scrape_interval, poll_offset, Path(tmp)
+            models,
+            start,
+            days,
+            warmup_days,
+            rules,
+            scrape_interval,
+            poll_offset,
+            Path(tmp),
+            poll_interval,
+            eval_interval,
         )
     if "normal" in found:
         result.normal_episodes, result.calls_normal = found["normal"]
@@ -461,8 +510,10 @@ def format_report(result: Result) -> str:
 
     lines = [
         f"{result.days} days from {result.week_start}, seed {result.seed}, volume "
-        f"{result.volume:g}, scrape every {result.scrape_interval}s, polls at :"
-        f"{result.poll_offset:02d}; {result.warmup_days} day(s) of warm-up; rules {result.rules}",
+        f"{result.volume:g}; exporter polls every {result.poll_interval}s (first at "
+        f"+{result.poll_offset}s), scrape every {result.scrape_interval}s, rules evaluated "
+        f"every {result.eval_interval}s; {result.warmup_days} day(s) of warm-up; "
+        f"rules {result.rules}",
         f"calls: normal run {result.calls_normal}, spike run {result.calls_spikes}",
         "",
         "normal traffic: "
@@ -473,7 +524,7 @@ def format_report(result: Result) -> str:
     lines += ["", "spikes:"]
     lines.append(f"  {'#':>2} {'alert':<26} {'set':<15} {'share':>5} {'onset':<9} {'delay':>7}")
     for i, s in enumerate(result.spikes, 1):
-        delay = f"{s['delay_seconds'] / 60:.0f} min" if s["detected"] else "missed"
+        delay = f"{s['delay_seconds'] / 60:.2f} min" if s["detected"] else "missed"
         lines.append(
             f"  {i:>2} {s['alert']:<26} {s['set_name']:<15} {s['share']:>5.2f} "
             f"{s['onset']:<9} {delay:>7}"
@@ -489,8 +540,9 @@ def format_report(result: Result) -> str:
         "",
         f"detected: {len(delays)}/{len(result.spikes)}; delay min/median/max: "
         + (
-            f"{min(delays) / 60:.0f}/{sorted(delays)[len(delays) // 2] / 60:.0f}/"
-            f"{max(delays) / 60:.0f} min"
+            f"{min(delays) / 60:.2f}/{sorted(delays)[len(delays) // 2] / 60:.2f}/"
+            f"{max(delays) / 60:.2f} min; within 5 min: "
+            f"{sum(d <= 5 * MINUTE for d in delays)}/{len(result.spikes)}"
             if delays
             else "-"
         ),
@@ -511,6 +563,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rules", type=Path, default=RULES)
     parser.add_argument("--scrape-interval", type=int, default=15)
     parser.add_argument("--poll-offset", type=int, default=10)
+    parser.add_argument("--poll-interval", type=int, default=None,
+                        help="exporter poll interval (default: the config default)")  # fmt: skip
+    parser.add_argument("--eval-interval", type=int, default=None,
+                        help="promtool's evaluation interval (default: the shortest group "
+                        "interval of the rules file)")  # fmt: skip
     parser.add_argument("--warmup-days", type=int, default=8,
                         help="days of traffic before the week (1: the first week after an "
                         "install, on the fallback baseline)")  # fmt: skip
@@ -526,6 +583,8 @@ def main(argv: list[str] | None = None) -> int:
         scrape_interval=args.scrape_interval,
         poll_offset=args.poll_offset,
         warmup_days=args.warmup_days,
+        poll_interval=args.poll_interval,
+        eval_interval=args.eval_interval,
     )
     print(format_report(result))
     if args.json:

@@ -155,7 +155,7 @@ def test_overview_draws_alert_thresholds():
     exprs = " ".join(t["expr"] for t in _targets(_load("overview")))
     for status in ("no_buyer", "affiliate_cap"):
         assert f"set_name:leadflow_calls_{status}:ratio_threshold" in exprs
-        assert f"set_name:leadflow_calls_{status}:ratio5m" in exprs
+        assert f"set_name:leadflow_calls_{status}:ratio4m" in exprs
         assert f"set_name:leadflow_calls_{status}:ratio_baseline" in exprs
     assert "leadflow_talk_duration_seconds_bucket" in exprs
     assert "by (affiliate)" in exprs and "by (advertiser)" in exprs

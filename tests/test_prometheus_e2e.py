@@ -3,7 +3,7 @@
 Everything runs as subprocesses on 127.0.0.1: ``leadflow-exporter simulate``, two
 ``leadflow-exporter run`` daemons polling it every second, and Debian's ``prometheus`` scraping
 both every second and evaluating the rules rendered with ``rules/render.py --scale 1/60``
-(the 5m spike window becomes 5s, the 1d baseline 24m, the weekly offset 2h47m30s).
+(the 4m spike window becomes 4s, the 1d baseline 24m, the weekly offset 2h47m30s).
 
 * ``main`` is the exporter under test: affiliate and advertiser as extra labels, so the
   dashboard panels that group by them have data.
@@ -13,13 +13,13 @@ both every second and evaluating the rules rendered with ``rules/render.py --sca
 
 The simulator's arrival rate follows a US Eastern daily curve in wall-clock time. The volume is
 chosen when the test starts so that the spike targets finish more than the alerts' minimum of
-10 calls per (compressed) 5-minute window, whatever the time of day.
+10 calls per (compressed) 4-minute window, whatever the time of day.
 
 The test cannot build a (compressed) week or day of history, so the spike alerts run on their
 last fallback baseline: the volume-weighted share since Prometheus started (the 1d records;
 25 s or more of steady traffic when the first spike starts). Before the spike it equals the
 current share, so the threshold (baseline + 0.10) is above the steady share and the
-significance guard (z > 4) keeps noise quiet. During a spike the baseline absorbs the spike
+significance guard (z > 4.25) keeps noise quiet. During a spike the baseline absorbs the spike
 only in proportion to its duration: after ``s`` seconds of a spike of share ``r`` over a steady
 share ``b`` with ``H`` seconds of history, the baseline is about ``(H*b + s*r) / (H + s)``; the
 condition ``r > baseline + 0.10`` holds for ``s < H * ((r - b) / 0.10 - 1)`` seconds, minutes
@@ -251,8 +251,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.spawn("exporter-capped", [*cli, "run", "--config", str(capped_cfg)])
 
         rules_text = render_fast_rules(tmp / "fast.rules.yaml")
-        # The rendered spike alerts keep their 10-call volume guard over the 5s window.
-        assert rules_text.count(f"set_name:leadflow_calls:increase5s >= {MIN_CALLS}") == 2
+        # The rendered spike alerts keep their 10-call volume guard over the 4s window.
+        assert rules_text.count(f"set_name:leadflow_calls:increase4s >= {MIN_CALLS}") == 2
         # ... and their seasonal baseline, with the offsets scaled (absent during the test).
         assert rules_text.count(":ratio30s[1m] offset 2h47m30s") == 2
         prom_port = free_port()
@@ -327,8 +327,8 @@ def test_rules_loaded_and_healthy(stack: Stack) -> None:
     assert {r["health"] for r in rules} == {"ok"}, [r for r in rules if r["health"] != "ok"]
     names = {r["name"] for r in rules}
     assert {"LeadFlowNoBuyerSpike", "LeadFlowAffiliateCapSpike", "LeadFlowExporterDown"} <= names
-    assert "set_name:leadflow_calls_no_buyer:ratio5s" in names
-    assert "set_name:leadflow_calls_no_buyer:zscore5s" in names
+    assert "set_name:leadflow_calls_no_buyer:ratio4s" in names
+    assert "set_name:leadflow_calls_no_buyer:zscore4s" in names
     # Steady traffic: no business alert, and the exporters are up.
     assert not stack.firing("LeadFlowNoBuyerSpike")
     assert not stack.firing("LeadFlowAffiliateCapSpike")
@@ -345,7 +345,7 @@ def _spike(stack: Stack, scenario: str, alert: str, set_names: set[str]) -> floa
     try:
         # Refused calls finish 20-57 s after they start (IVR plus a recorded message) and are
         # counted when they finish: the spike reaches the counters about half a minute after
-        # the switch, then the 5s window has to fill with enough of them.
+        # the switch, then the 4s window has to fill with enough of them.
         fired = wait_until(
             f"{alert} firing after {scenario}",
             lambda: stack.firing(alert, instance=stack.main_target, job="leadflow"),

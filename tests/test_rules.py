@@ -173,11 +173,13 @@ def test_fast_variant_is_valid_and_behaves_the_same(tmp_path):
     fast_rules.write_text(render.scale_durations(RULES.read_text(encoding="utf-8"), scale))
     fast_text = fast_rules.read_text()
     # no production window is left anywhere in an expression or a name
-    for window in ("5m", "10m", "15m", "30m", "1d", "6d23h30m", "23h30m"):
+    for window in ("4m", "10m", "15m", "30m", "1d", "6d23h30m", "23h30m"):
         assert not re.search(rf"(?<![0-9.]){window}(?![0-9A-Za-z])", fast_text), window
-    assert "set_name:leadflow_calls_no_buyer:ratio5s" in fast_text
-    assert "set_name:leadflow_calls_no_buyer:zscore5s" in fast_text
-    assert "[24m]" in fast_text
+    assert "set_name:leadflow_calls_no_buyer:ratio4s" in fast_text
+    assert "set_name:leadflow_calls_no_buyer:zscore4s" in fast_text
+    # the spike group's own interval and the fallback baseline's subquery, scaled
+    assert "interval: 250ms" in fast_text
+    assert "[24m:10s]" in fast_text
     # the seasonal baseline's offsets: one week (minus 30m) and one day (minus 30m), scaled
     assert "[1m] offset 2h47m30s" in fast_text
     assert "[1m] offset 23m30s" in fast_text
