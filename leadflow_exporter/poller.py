@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import math
 from collections import Counter
@@ -31,6 +32,9 @@ QUERY_END_MARGIN_SECONDS = 3900.0
 STAGE_CHUNK = 2000
 # A cheap cycle's window reaches this many poll intervals back before the watermark.
 CHEAP_WINDOW_INTERVALS = 2
+# Records kept free on a page planned from counts: a window is sized to what the exporter has
+# already read there plus the calls that left the live list; a few calls may show up late.
+PAGE_SLACK = 8
 
 
 @dataclass
@@ -88,11 +92,19 @@ class Poller:
         self.full_every = poll.full_overlap_every
         # `now` of this cycle's full read once it completed, for the ledger to commit.
         self._full_read: float | None = None
-        # Where this cycle's history window started: a call that left the live list and
-        # starts before it was not read, and needs a sid query.
-        self._window_start: float | None = None
-        # History records per second of call_date, per set_id query, from the last read.
-        self._density: dict[int | None, float] = {}
+        # History ranges this cycle read (start, end; the short window even when its read
+        # failed, as its calls are looked for again next cycle): a call that left the live
+        # list and starts in none of them was not read, and needs a sid query.
+        self._read: list[tuple[float, float]] = []
+        # Start times of the finished calls read lately, by sid key: how many records a
+        # history window over a past range returns is what was read there before plus the
+        # calls that left the live list since. Complete from `_known_from` on.
+        self._starts: dict[int, float] = {}
+        self._horizon = -math.inf
+        self._known_from: float | None = None
+        # Calls the last cycle counted without having seen them live: about how many the next
+        # short window returns that the planning cannot know of.
+        self._fresh = 0
 
     # -- one cycle ---------------------------------------------------------------------------
 
@@ -110,21 +122,19 @@ class Poller:
 
         counting = self.ledger.has_baseline
         self._baseline_live = set() if counting else active_sids
-        # Start times of the followed calls that just left (or are still missing from) the
-        # live list: the history window may reach back to them instead of sid queries.
-        departed = (
-            sorted(
-                (
-                    call.call_ts
-                    for sid, call in followed.items()
-                    if sid not in active_sids
-                    and not self.ledger.is_seen(call.sid_key, call.call_ts)
-                ),
-                reverse=True,
-            )
-            if active_counts is not None
-            else []
-        )
+        # The followed calls that just left (or are still missing from) the live list, by start
+        # time, and whether this is the second live poll in a row they are missing from: those
+        # must be read this cycle (by a window or by sid), the others may wait for the next.
+        departed: list[tuple[float, bool]] = []
+        departed_calls: list[FollowedCall] = []
+        if active_counts is not None:
+            recent = 2 * self.poll.interval_seconds
+            for sid, call in followed.items():
+                if sid in active_sids or self.ledger.is_seen(call.sid_key, call.call_ts):
+                    continue
+                due = self._misses.get(sid, 0) >= 1 and now - call.last_active <= recent
+                departed.append((call.call_ts, due))
+                departed_calls.append(call)
         watermark = await self._poll_history(now, batch, report, count=counting, departed=departed)
 
         if active_counts is not None:
@@ -139,6 +149,11 @@ class Poller:
             read_from=report.window_start,
         )
         report.counted = batch.counted
+        # Calls counted this cycle that were never seen live: the next short window may find
+        # as many that are not yet known.
+        self._fresh = batch.counted - sum(
+            1 for call in departed_calls if self.ledger.is_seen(call.sid_key, call.call_ts)
+        )
         report.baseline = batch.baseline
         report.duplicates = batch.duplicates
         report.watermark = self.ledger.watermark
@@ -239,7 +254,7 @@ class Poller:
         report: CycleReport,
         *,
         count: bool,
-        departed: list[float] | None = None,
+        departed: list[tuple[float, bool]] | None = None,
     ) -> float | None:
         """Read this cycle's history window; returns how far it read without a gap."""
         watermark = self.ledger.watermark
@@ -247,6 +262,7 @@ class Poller:
         overlap = self.poll.overlap_seconds
         interval = self.poll.interval_seconds
         self._full_read = None
+        self._read = []
         # By time rather than by a count of cycles, so that a restart or failed cycles keep
         # the schedule (half an interval of slack for timer jitter).
         full = (
@@ -261,74 +277,156 @@ class Poller:
             start = min(full_mark if full_mark is not None else watermark, watermark) - overlap
         else:
             start = watermark - CHEAP_WINDOW_INTERVALS * interval
-        if departed and watermark is not None:
-            # Never before the full read's start, which is never before the first window read
-            # (the baseline): calls that ended before that must not be counted. Nor more than
-            # an overlap before the short window: older calls are the sid queries' job.
-            floor = min(full_mark if full_mark is not None else watermark, watermark) - overlap
-            start = self._reach_back(now, start, departed, max(floor, start - overlap))
         floor = self.ledger.dedup_floor()
+        extra: list[tuple[float, float]] = []
+        if departed and watermark is not None and not full:
+            # Never before the full read's start, which is never before the first window read
+            # (the baseline), nor before what the seen sids remember: calls that ended before
+            # that must not be counted.
+            reach = min(full_mark if full_mark is not None else watermark, watermark) - overlap
+            if floor is not None:
+                reach = max(reach, floor)
+            start, extra = self._plan(now, start, departed, reach)
         if floor is not None and start < floor:
             start = floor
         report.full_overlap = full
-        report.window_start = self._window_start = start
+        report.window_start = start
+        self._prune(now)
+
+        async def stage(records: list[CallRecord]) -> None:
+            await self._stage(batch, records, count=count)
+
+        # As before a failed read too: its calls are looked for again next cycle.
+        self._read.append((start, math.inf))
         reached: float | None = None
         for slice_start, slice_end in slices(start, now, SEVEN_DAYS):
             query_end = slice_end + QUERY_END_MARGIN_SECONDS if slice_end == now else slice_end
             for set_id in self._set_ids:
                 query = self.client.window_query("history", slice_start, query_end, False, set_id)
-
-                async def stage(records: list[CallRecord]) -> None:
-                    await self._stage(batch, records, count=count)
-
                 # Pages are staged as they arrive. Finished calls of a slice that fails half
                 # way are staged too: each is counted once whichever query finds it, and the
                 # watermark still stops before the slice, so it is read again.
                 result = await self._run_query(
-                    "history", lambda q=query, s=stage: self.client.fetch(q, s), report
+                    "history", lambda q=query: self.client.fetch(q, stage), report
                 )
                 if result is None:
                     return reached
-                if slice_end == now and slice_start < now:
-                    self._density[set_id] = result.raw_count / (now - slice_start)
             # Everything up to slice_end was read: the next window may start from here.
             reached = slice_end
+        if self._known_from is None:
+            self._known_from = start
         if full:
             self._full_read = now
+        # Past ranges holding calls that left the live list, read instead of a sid query each.
+        for window_start, window_end in extra:
+            ok = True
+            for set_id in self._set_ids:
+                # A second either side, whether or not the API's date bounds are inclusive.
+                query = self.client.window_query(
+                    "history", window_start - 1, window_end + 1, False, set_id
+                )
+                result = await self._run_query(
+                    "history", lambda q=query: self.client.fetch(q, stage), report
+                )
+                ok = ok and result is not None
+            if ok:
+                self._read.append((window_start, window_end))
         return reached
 
-    def _reach_back(self, now: float, start: float, departed: list[float], floor: float) -> float:
-        """The window start that reads the departed calls for the fewest requests.
+    def _plan(
+        self, now: float, start: float, departed: list[tuple[float, bool]], reach: float
+    ) -> tuple[float, list[tuple[float, float]]]:
+        """Where the short window starts, and which past ranges to read besides it.
 
-        `departed` holds the start times of calls that left the live list, newest first.
-        Reaching back to one of them costs the extra pages the longer window takes (estimated
-        from the last read's records per second); not reaching it costs a sid query for each
-        departed call before the window. Equal cost: the longer window.
+        `departed` holds the start times of calls that left the live list, each marked
+        whether it must be read this cycle. Every history window returns all the finished
+        calls that started in it, so its pages are counted from the calls read there before
+        (`_starts`) plus the departed ones. The short window reaches back as far as its first
+        page allows; a call it leaves out that must be read now is read by a window of one
+        page over a past range (with whatever other departed calls start in it) when that
+        takes no more requests than asking for each of them by sid. Calls that may wait are
+        read next cycle, when the ones that left the live list meanwhile can share the
+        window. Ranges before `_known_from` (not yet read by this process) are left to the
+        sid queries.
         """
-        if not self._density or len(self._density) < len(self._set_ids):
-            return start
-        page_size = self.client.api.page_size
-        densities = [self._density[set_id] for set_id in self._set_ids]
+        known_from = self._known_from
+        if known_from is None:
+            return start, []
+        reach = max(reach, known_from)
+        page = self.client.api.page_size
+        points = sorted([*self._starts.values(), *(ts for ts, _ in departed)])
+        # The short window also returns the calls that finished since the last cycle without
+        # ever being seen live: about as many as the last cycle counted, at most.
+        fresh = self._fresh
+        limit = page - PAGE_SLACK
 
-        def pages(window_start: float) -> int:
-            span = now - window_start
-            return sum(max(1, math.ceil(d * span / page_size)) for d in densities)
+        def records(window_start: float, window_end: float) -> int:
+            return bisect.bisect_right(points, window_end) - bisect.bisect_left(
+                points, window_start
+            )
 
-        older = [ts for ts in departed if ts < start]
-        best_start = start
-        best_cost = pages(start) + len(older)
-        # Newest first: reaching back to the i-th leaves the len(older) - i - 1 before it.
-        for i, ts in enumerate(older):
-            if ts < floor:
+        older = sorted((d for d in departed if d[0] < start and d[0] >= reach), reverse=True)
+        for ts, _ in older:
+            if records(ts, now) + fresh > limit:
                 break
-            cost = pages(ts) + len(older) - i - 1
-            if cost <= best_cost:
-                best_start, best_cost = ts, cost
-        return best_start
+            start = ts
+        need = [ts for ts, due in older if due and ts < start]
+        sets = len(self._set_ids)
+        # Past naive local dates in or near the repeated hour of a DST fall-back may be read an
+        # hour off (the full and short windows end an hour ahead for that reason): sid queries.
+        if not need or self.client._falls_back_within(reach - 3600, start + 3600):
+            return start, []
+        windows: list[tuple[float, float]] = []
+        # Newest first: a window ends at the newest call not yet covered and reaches back one
+        # page; then it is slid as far forward as the page allows while still reaching its
+        # oldest call, over calls that may wait (they would need a window next cycle).
+        newest = start
+        while need:
+            end = math.floor(need[0]) + 1
+            hi = bisect.bisect_right(points, end)
+            lo = hi - limit
+            window_start = max(reach, math.floor(points[lo - 1]) + 1 if lo > 0 else reach)
+            window_start = min(window_start, math.floor(need[0]))
+            covered = [ts for ts in need if ts >= window_start]
+            need = need[len(covered) :]
+            window_start = math.floor(covered[-1])
+            first = bisect.bisect_left(points, window_start)
+            if first + limit < len(points):
+                end = max(end, min(newest, math.floor(points[first + limit]) - 1))
+            else:
+                end = max(end, math.floor(newest))
+            also = sum(1 for ts, due in older if not due and window_start <= ts <= end)
+            if len(covered) > sets or (len(covered) == sets and also):
+                windows.append((window_start, end))
+                newest = window_start
+        return start, windows
+
+    def _prune(self, now: float) -> None:
+        """Forget the start times before any window `_plan` may place (the full read's)."""
+        horizon = (
+            now
+            - self.poll.overlap_seconds
+            - (self.full_every + CHEAP_WINDOW_INTERVALS + 2) * self.poll.interval_seconds
+        )
+        if self._known_from is not None and self._known_from < horizon:
+            self._known_from = horizon
+        self._horizon = horizon
+        stale = [key for key, ts in self._starts.items() if ts < horizon]
+        for key in stale:
+            del self._starts[key]
+
+    def _remember(self, records: list[CallRecord]) -> None:
+        horizon = self._horizon
+        self._starts.update((r.sid_key, r.call_ts) for r in records if r.call_ts >= horizon)
+
+    def _reads(self, call_ts: float) -> bool:
+        """Whether a history window of this cycle read the calls that start at `call_ts`."""
+        return any(lo <= call_ts <= hi for lo, hi in self._read)
 
     async def _stage(self, batch: CycleBatch, records: list[CallRecord], *, count: bool) -> None:
         """`ledger.add`, a slice at a time: a catch-up query can return a hundred thousand
         records, and staging them in one go would hold up scrapes for a tenth of a second."""
+        self._remember(records)
         if not count and self._baseline_live:
             # The baseline records what ended before the first poll; a call that was live at
             # that poll and ended since is counted, as it would have been a cycle later.
@@ -349,13 +447,6 @@ class Poller:
         batch: CycleBatch,
         report: CycleReport,
     ) -> None:
-        # This cycle's window, short or full: a call that left the live list and starts
-        # before it was not read, and needs a sid query.
-        window_start = (
-            self._window_start
-            if self._window_start is not None
-            else (self.ledger.watermark or now) - self.poll.overlap_seconds
-        )
         self._last_look.intersection_update(followed)
         self._misses = {sid: n for sid, n in self._misses.items() if sid in followed}
         overdue_after = self.poll.max_call_seconds + self.poll.overlap_seconds
@@ -382,13 +473,13 @@ class Poller:
                     age_seconds=round(now - call.call_ts),
                 )
                 continue
-            # A call still inside the history window shows up there once finished; a sid query
-            # is needed only for calls that started before the window, or that went missing
-            # from both lists for longer than a cycle.
+            # A call inside a history window of this cycle shows up there once finished; a sid
+            # query is needed only for calls that started before the windows, or that went
+            # missing from both lists for longer than a cycle.
             if misses < 2:
                 continue
             missing_for = now - call.last_active
-            if call.call_ts < window_start or missing_for > 2 * self.poll.interval_seconds:
+            if not self._reads(call.call_ts) or missing_for > 2 * self.poll.interval_seconds:
                 due.append(call)
         due.sort(key=lambda c: c.call_ts)
         for call in due[: self.max_followups]:
@@ -400,6 +491,7 @@ class Poller:
                 self._last_look.add(call.sid)
             report.followups += 1
             records = [r for r in result.records if r.sid == call.sid]
+            self._remember(records)
             self.ledger.add(batch, records, count=True)
 
     # -- the loop --------------------------------------------------------------------------

@@ -241,3 +241,50 @@ async def test_a_longer_overlap_later_never_reaches_past_what_is_remembered() ->
         await h.run_for(1800)
         await h.settle()
         assert_matches_truth(h.ledger, h.truth())
+
+
+async def test_calls_that_left_the_live_list_are_counted_within_two_cycles() -> None:
+    """At 10x traffic, with the default schedule, every call seen in progress is counted
+    within two cycles of ending, whatever its length: from the short window, from a one-page
+    window over the past range where it started (shared with the other calls that left the
+    live list around then), or by sid. Checked after every cycle, not only at the end."""
+    from leadflow_exporter.simulator.truth import countable
+
+    poll = PollConfig(overlap_seconds=900, max_call_seconds=14400)
+    async with harness(BUSY, poll=poll, sim={"volume": 10.0}) as h:
+        interval = poll.interval_seconds
+        await h.cycle()
+        fetch = h.poller.client.fetch
+        past_windows = 0
+
+        async def counting_fetch(query: Query, on_page: Any = None) -> QueryResult:
+            nonlocal past_windows
+            if query.kind == "history":
+                end = query.params["end_date"]
+                if end < h.poller.client.api_date(h.clock.now() - 60):
+                    past_windows += 1
+            return await fetch(query, on_page)
+
+        h.poller.client.fetch = counting_fetch  # type: ignore[method-assign]
+        live: dict[str, float] = {}
+        checked = 0
+        for _ in range(80):
+            await h.cycle(interval)
+            now = h.clock.now()
+            for sid, call in h.ledger.followed.items():
+                live.setdefault(sid, call.call_ts)
+            for sid, call_ts in list(live.items()):
+                call = h.sim.model.find(sid)
+                assert call is not None
+                if call.end <= now - 2 * interval:
+                    if countable(call):
+                        assert h.ledger.is_seen(sid_key(sid), call_ts), (
+                            f"{sid} ({call.end - call.start:.0f} s long) ended "
+                            f"{now - call.end:.0f} s ago and is not counted"
+                        )
+                        checked += 1
+                    del live[sid]
+        assert checked > 1000
+        assert past_windows > 0, "no call was read by a window over a past range"
+        await h.settle()
+        assert_matches_truth(h.ledger, h.truth())
