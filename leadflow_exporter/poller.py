@@ -278,7 +278,7 @@ class Poller:
         else:
             start = watermark - CHEAP_WINDOW_INTERVALS * interval
         floor = self.ledger.dedup_floor()
-        extra: list[tuple[float, float]] = []
+        extra: list[tuple[float, float, float]] = []
         if departed and watermark is not None and not full:
             # Never before the full read's start, which is never before the first window read
             # (the baseline), nor before what the seen sids remember: calls that ended before
@@ -318,12 +318,11 @@ class Poller:
         if full:
             self._full_read = now
         # Past ranges holding calls that left the live list, read instead of a sid query each.
-        for window_start, window_end in extra:
+        for query_start, window_start, window_end in extra:
             ok = True
             for set_id in self._set_ids:
-                # A second either side, whether or not the API's date bounds are inclusive.
                 query = self.client.window_query(
-                    "history", window_start - 1, window_end + 1, False, set_id
+                    "history", query_start, window_end + 1, False, set_id
                 )
                 result = await self._run_query(
                     "history", lambda q=query: self.client.fetch(q, stage), report
@@ -335,7 +334,7 @@ class Poller:
 
     def _plan(
         self, now: float, start: float, departed: list[tuple[float, bool]], reach: float
-    ) -> tuple[float, list[tuple[float, float]]]:
+    ) -> tuple[float, list[tuple[float, float, float]]]:
         """Where the short window starts, and which past ranges to read besides it.
 
         `departed` holds the start times of calls that left the live list, each marked
@@ -348,6 +347,11 @@ class Poller:
         read next cycle, when the ones that left the live list meanwhile can share the
         window. Ranges before `_known_from` (not yet read by this process) are left to the
         sid queries.
+
+        A past range comes as (date to query from, start of the range read, its end). The
+        query starts a second early, whether or not the API's start bound is inclusive, but
+        never before `reach`: a call that started before it may have ended before the
+        exporter started, or have been counted already and its sid forgotten.
         """
         known_from = self._known_from
         if known_from is None:
@@ -376,7 +380,7 @@ class Poller:
         # hour off (the full and short windows end an hour ahead for that reason): sid queries.
         if not need or self.client._falls_back_within(reach - 3600, start + 3600):
             return start, []
-        windows: list[tuple[float, float]] = []
+        windows: list[tuple[float, float, float]] = []
         # Newest first: a window ends at the newest call not yet covered and reaches back one
         # page; then it is slid as far forward as the page allows while still reaching its
         # oldest call, over calls that may wait (they would need a window next cycle).
@@ -389,7 +393,7 @@ class Poller:
             window_start = min(window_start, math.floor(need[0]))
             covered = [ts for ts in need if ts >= window_start]
             need = need[len(covered) :]
-            window_start = math.floor(covered[-1])
+            window_start = max(math.floor(covered[-1]), reach)
             first = bisect.bisect_left(points, window_start)
             if first + limit < len(points):
                 end = max(end, min(newest, math.floor(points[first + limit]) - 1))
@@ -397,7 +401,7 @@ class Poller:
                 end = max(end, math.floor(newest))
             also = sum(1 for ts, due in older if not due and window_start <= ts <= end)
             if len(covered) > sets or (len(covered) == sets and also):
-                windows.append((window_start, end))
+                windows.append((max(window_start - 1, reach), window_start, end))
                 newest = window_start
         return start, windows
 

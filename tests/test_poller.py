@@ -288,3 +288,36 @@ async def test_calls_that_left_the_live_list_are_counted_within_two_cycles() -> 
         assert past_windows > 0, "no call was read by a window over a past range"
         await h.settle()
         assert_matches_truth(h.ledger, h.truth())
+
+
+@pytest.mark.parametrize("start", [1794931667, 1794932893, 1794935965, 1794942741])
+async def test_a_window_over_a_past_range_never_reaches_before_the_first_read(
+    start: int,
+) -> None:
+    """A past range starting at the baseline window's first second is queried from that
+    second, not the one before: a call that started then may have ended before the exporter
+    started (these starts have one at 10x traffic)."""
+    async with harness(float(start), sim={"volume": 10.0}) as h:
+        first = start - 900  # the baseline window starts here
+        await h.cycle()
+        fetch = h.poller.client.fetch
+        starts: list[str] = []
+
+        async def recording_fetch(query: Query, on_page: Any = None) -> QueryResult:
+            if query.kind == "history":
+                starts.append(query.params["start_date"])
+            return await fetch(query, on_page)
+
+        h.poller.client.fetch = recording_fetch  # type: ignore[method-assign]
+        for _ in range(12):
+            await h.cycle(60)
+        await h.settle()
+        assert min(starts) >= h.poller.client.api_date(first)
+        before = [
+            c
+            for c in h.sim.model.calls_in_minute((first - 1) // 60)
+            if c.start == first - 1 and c.end <= start and c.malformed is None
+        ]
+        assert before, "no call started a second before the first window and ended before it"
+        assert not [c.sid for c in before if h.ledger.is_seen(sid_key(c.sid), c.start)]
+        assert_matches_truth(h.ledger, h.truth())
