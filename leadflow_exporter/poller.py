@@ -378,7 +378,9 @@ class Poller:
         sets = len(self._set_ids)
         # Past naive local dates in or near the repeated hour of a DST fall-back may be read an
         # hour off (the full and short windows end an hour ahead for that reason): sid queries.
-        if not need or self.client._falls_back_within(reach - 3600, start + 3600):
+        # A window of one page must hold at least two calls to save a request; with a page of
+        # PAGE_SLACK + 1 records or fewer (a small `api.page_size`) there is no room: sid queries.
+        if not need or limit < 2 or self.client._falls_back_within(reach - 3600, start + 3600):
             return start, []
         windows: list[tuple[float, float, float]] = []
         # Newest first: a window ends at the newest call not yet covered and reaches back one
@@ -388,7 +390,7 @@ class Poller:
         while need:
             end = math.floor(need[0]) + 1
             hi = bisect.bisect_right(points, end)
-            lo = hi - limit
+            lo = max(hi - limit, 0)
             window_start = max(reach, math.floor(points[lo - 1]) + 1 if lo > 0 else reach)
             window_start = min(window_start, math.floor(need[0]))
             covered = [ts for ts in need if ts >= window_start]

@@ -321,3 +321,19 @@ async def test_a_window_over_a_past_range_never_reaches_before_the_first_read(
         assert before, "no call started a second before the first window and ended before it"
         assert not [c.sid for c in before if h.ledger.is_seen(sid_key(c.sid), c.start)]
         assert_matches_truth(h.ledger, h.truth())
+
+
+@pytest.mark.parametrize("page_size", [1, 5])
+async def test_a_page_too_small_for_a_past_range_window_leaves_it_to_sid_queries(
+    page_size: int,
+) -> None:
+    """A page of PAGE_SLACK records or fewer leaves no room to plan a window over a past
+    range from: the calls that left the live list are read by sid, not a crashed cycle."""
+    night = datetime(2026, 11, 17, 6, 0, tzinfo=UTC).timestamp()  # 01:00 Eastern
+    async with harness(night, api={"page_size": page_size}, sim={"volume": 1.0}) as h:
+        await h.cycle()
+        for _ in range(30):
+            assert (await h.cycle(60)).ok
+        await h.settle()
+        assert h.health.records["sid"] > 0
+        assert_matches_truth(h.ledger, h.truth())
