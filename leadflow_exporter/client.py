@@ -125,13 +125,30 @@ class LeadFlowClient:
         return local.replace(tzinfo=None).isoformat(timespec="seconds")
 
     def window_query(
-        self, kind: str, start: float, end: float, active: bool, set_id: int | None
+        self,
+        kind: str,
+        start: float,
+        end: float,
+        active: bool,
+        set_id: int | None,
+        *,
+        floor: float | None = None,
     ) -> Query:
+        """A query for the calls between start and end.
+
+        `floor` is the earliest start the window may reach back to (calls before it may have
+        ended before the exporter started, or be counted already and forgotten): the hour the
+        start is widened by across a DST fall-back stops there.
+        """
         if self._falls_back_within(start, end):
             # In the repeated hour the naive start may read as later than calls of the second
             # pass; an API comparing wall-clock strings would skip them. An hour earlier
-            # covers both passes; the overlap's dedup makes the extra reads harmless.
-            start -= 3600
+            # covers both passes; the overlap's dedup makes the extra reads harmless, down
+            # to the floor.
+            widened = start - 3600
+            if floor is not None:
+                widened = max(widened, min(floor, start))
+            start = widened
         params = {
             "start_date": self.api_date(start),
             "end_date": self.api_date(end),

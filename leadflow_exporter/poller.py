@@ -302,7 +302,9 @@ class Poller:
         for slice_start, slice_end in slices(start, now, SEVEN_DAYS):
             query_end = slice_end + QUERY_END_MARGIN_SECONDS if slice_end == now else slice_end
             for set_id in self._set_ids:
-                query = self.client.window_query("history", slice_start, query_end, False, set_id)
+                query = self.client.window_query(
+                    "history", slice_start, query_end, False, set_id, floor=floor
+                )
                 # Pages are staged as they arrive. Finished calls of a slice that fails half
                 # way are staged too: each is counted once whichever query finds it, and the
                 # watermark still stops before the slice, so it is read again.
@@ -322,7 +324,7 @@ class Poller:
             ok = True
             for set_id in self._set_ids:
                 query = self.client.window_query(
-                    "history", query_start, window_end + 1, False, set_id
+                    "history", query_start, window_end + 1, False, set_id, floor=query_start
                 )
                 result = await self._run_query(
                     "history", lambda q=query: self.client.fetch(q, stage), report

@@ -337,3 +337,28 @@ async def test_a_page_too_small_for_a_past_range_window_leaves_it_to_sid_queries
         await h.settle()
         assert h.health.records["sid"] > 0
         assert_matches_truth(h.ledger, h.truth())
+
+
+async def test_the_fall_back_hour_widening_never_reaches_before_the_first_read() -> None:
+    """Once a window's end (an hour past now) spans the November fall-back, its start reaches
+    an hour back for the repeated hour's calls, but not before the first window read: the
+    calls there ended before the exporter started (00:30 EDT, an hour and a half before)."""
+    start = datetime(2026, 11, 1, 4, 30, tzinfo=UTC).timestamp()
+    poll = PollConfig(overlap_seconds=900, max_call_seconds=14400)
+    async with harness(start, poll=poll, sim={"volume": 5.0}) as h:
+        first = start - 900
+        await h.cycle()
+        fetch = h.poller.client.fetch
+        starts: list[str] = []
+
+        async def recording_fetch(query: Query, on_page: Any = None) -> QueryResult:
+            if query.kind == "history":
+                starts.append(query.params["start_date"])
+            return await fetch(query, on_page)
+
+        h.poller.client.fetch = recording_fetch  # type: ignore[method-assign]
+        await h.run_for(3600)
+        await h.settle()
+        # Before the repeated hour, naive dates compare as the instants they stand for.
+        assert min(starts) == h.poller.client.api_date(first)
+        assert_matches_truth(h.ledger, h.truth())
