@@ -290,6 +290,20 @@ async def test_calls_that_left_the_live_list_are_counted_within_two_cycles() -> 
         assert_matches_truth(h.ledger, h.truth())
 
 
+def record_history_starts(h: Any) -> list[str]:
+    """The start_date of every history query the harness's poller sends from now on."""
+    fetch = h.poller.client.fetch
+    starts: list[str] = []
+
+    async def recording_fetch(query: Query, on_page: Any = None) -> QueryResult:
+        if query.kind == "history":
+            starts.append(query.params["start_date"])
+        return await fetch(query, on_page)
+
+    h.poller.client.fetch = recording_fetch
+    return starts
+
+
 @pytest.mark.parametrize("start", [1794931667, 1794932893, 1794935965, 1794942741])
 async def test_a_window_over_a_past_range_never_reaches_before_the_first_read(
     start: int,
@@ -300,15 +314,7 @@ async def test_a_window_over_a_past_range_never_reaches_before_the_first_read(
     async with harness(float(start), sim={"volume": 10.0}) as h:
         first = start - 900  # the baseline window starts here
         await h.cycle()
-        fetch = h.poller.client.fetch
-        starts: list[str] = []
-
-        async def recording_fetch(query: Query, on_page: Any = None) -> QueryResult:
-            if query.kind == "history":
-                starts.append(query.params["start_date"])
-            return await fetch(query, on_page)
-
-        h.poller.client.fetch = recording_fetch  # type: ignore[method-assign]
+        starts = record_history_starts(h)
         for _ in range(12):
             await h.cycle(60)
         await h.settle()
@@ -348,15 +354,7 @@ async def test_the_fall_back_hour_widening_never_reaches_before_the_first_read()
     async with harness(start, poll=poll, sim={"volume": 5.0}) as h:
         first = start - 900
         await h.cycle()
-        fetch = h.poller.client.fetch
-        starts: list[str] = []
-
-        async def recording_fetch(query: Query, on_page: Any = None) -> QueryResult:
-            if query.kind == "history":
-                starts.append(query.params["start_date"])
-            return await fetch(query, on_page)
-
-        h.poller.client.fetch = recording_fetch  # type: ignore[method-assign]
+        starts = record_history_starts(h)
         await h.run_for(3600)
         await h.settle()
         # Before the repeated hour, naive dates compare as the instants they stand for.
