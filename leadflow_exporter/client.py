@@ -140,7 +140,7 @@ class LeadFlowClient:
         ended before the exporter started, or be counted already and forgotten): the hour the
         start is widened by across a DST fall-back stops there.
         """
-        if self._falls_back_within(start, end):
+        if self.falls_back_within(start, end):
             # In the repeated hour the naive start may read as later than calls of the second
             # pass; an API comparing wall-clock strings would skip them. An hour earlier
             # covers both passes; the overlap's dedup makes the extra reads harmless, down
@@ -158,7 +158,7 @@ class LeadFlowClient:
             params["set_id"] = str(set_id)
         return Query(kind, params)
 
-    def _falls_back_within(self, start: float, end: float) -> bool:
+    def falls_back_within(self, start: float, end: float) -> bool:
         """Whether the zone's UTC offset drops (a DST fall-back) between start and end."""
         first = datetime.fromtimestamp(int(start), UTC).astimezone(self._tz).utcoffset()
         last = datetime.fromtimestamp(int(end), UTC).astimezone(self._tz).utcoffset()

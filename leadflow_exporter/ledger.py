@@ -466,8 +466,8 @@ class Ledger:
         None when the metric is at its series cap: the call is then left out of this metric
         and the drop is counted.
         """
-        extra = tuple(record.extra[name] for name in self.extra_labels)
-        key = (record.set_name, record.lead_status, *extra)
+        key = self._series_of(record)
+        extra = key[2:]
         if key in batch.calls or key in self.totals.calls:
             return key
         missing = [

@@ -270,20 +270,22 @@ class Poller:
             or full_mark is None
             or now - full_mark >= (self.full_every - 0.5) * interval
         )
+        full_start: float | None = None
         if watermark is None:
             # No saved state: the first window is a baseline of the overlap.
             start = now - overlap
-        elif full:
-            start = min(full_mark if full_mark is not None else watermark, watermark) - overlap
         else:
-            start = watermark - CHEAP_WINDOW_INTERVALS * interval
+            # Where a full read starts: the previous full read (or the watermark) less the
+            # overlap; the cycles between read the last intervals only.
+            full_start = min(full_mark if full_mark is not None else watermark, watermark) - overlap
+            start = full_start if full else watermark - CHEAP_WINDOW_INTERVALS * interval
         floor = self.ledger.dedup_floor()
         extra: list[tuple[float, float, float]] = []
-        if departed and watermark is not None and not full:
+        if departed and full_start is not None and not full:
             # Never before the full read's start, which is never before the first window read
             # (the baseline), nor before what the seen sids remember: calls that ended before
             # that must not be counted.
-            reach = min(full_mark if full_mark is not None else watermark, watermark) - overlap
+            reach = full_start
             if floor is not None:
                 reach = max(reach, floor)
             start, extra = self._plan(now, start, departed, reach)
@@ -382,7 +384,7 @@ class Poller:
         # hour off (the full and short windows end an hour ahead for that reason): sid queries.
         # A window of one page must hold at least two calls to save a request; with a page of
         # PAGE_SLACK + 1 records or fewer (a small `api.page_size`) there is no room: sid queries.
-        if not need or limit < 2 or self.client._falls_back_within(reach - 3600, start + 3600):
+        if not need or limit < 2 or self.client.falls_back_within(reach - 3600, start + 3600):
             return start, []
         windows: list[tuple[float, float, float]] = []
         # Newest first: a window ends at the newest call not yet covered and reaches back one

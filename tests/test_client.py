@@ -343,24 +343,15 @@ def test_dst_window_in_edt_and_est_differs_by_the_offset(
     assert query.params["start_date"] == "2026-11-01T00:30:00"
     assert query.params["end_date"] == "2026-11-01T01:30:00"
     # ...but never before the floor the caller gives (what was read and remembered).
-    query = client.window_query(
-        "history",
-        utc(2026, 11, 1, 5, 30, 0),
-        utc(2026, 11, 1, 6, 30, 0),
-        False,
-        None,
-        floor=utc(2026, 11, 1, 5, 0, 0),
-    )
-    assert query.params["start_date"] == "2026-11-01T01:00:00"
-    query = client.window_query(
-        "history",
-        utc(2026, 11, 1, 5, 30, 0),
-        utc(2026, 11, 1, 6, 30, 0),
-        False,
-        None,
-        floor=utc(2026, 11, 1, 4, 0, 0),
-    )
-    assert query.params["start_date"] == "2026-11-01T00:30:00"
+    for floor, expected in (
+        (utc(2026, 11, 1, 5, 0, 0), "2026-11-01T01:00:00"),
+        (utc(2026, 11, 1, 4, 0, 0), "2026-11-01T00:30:00"),
+    ):
+        query = client.window_query(
+            "history", utc(2026, 11, 1, 5, 30, 0), utc(2026, 11, 1, 6, 30, 0), False, None,
+            floor=floor,
+        )  # fmt: skip
+        assert query.params["start_date"] == expected
     # A window that does not contain the fall-back is sent as it is.
     query = client.window_query(
         "history", utc(2026, 11, 1, 6, 30, 0), utc(2026, 11, 1, 7, 30, 0), False, None
