@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import json
 import os
 import sqlite3
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -40,10 +43,73 @@ class StateError(Exception):
     """The state file cannot be used; the daemon must not start from zero silently."""
 
 
+def lock_path_for(path: Path) -> Path:
+    return path.with_name(path.name + ".lock")
+
+
+def _holder_pid(fd: int) -> int | None:
+    # The holder writes its pid only after taking the lock, so there may be nothing yet.
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii").strip()
+        return int(text) if text else None
+    except (OSError, ValueError):
+        return None
+
+
+def _lock_state_file(path: Path) -> int:
+    """Take the state file's lock for this process's life, or refuse.
+
+    Two exporters on one file would each count the same calls and overwrite each other's
+    totals. The lock is a flock on a sidecar file, not on the database: SQLite keeps POSIX
+    locks on its own file, and closing any descriptor of that file drops them all. The
+    kernel releases a flock when its holder dies, however it dies, so no stale lock is left
+    to clean up. The sidecar is never deleted: a running exporter would keep its lock on the
+    deleted file while the next one created and locked a new one beside it.
+    """
+    lock_path = lock_path_for(path)
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"{lock_path}: cannot open the state lock file ({exc.strerror})") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        pid = _holder_pid(fd)
+        os.close(fd)
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise StateError(f"{lock_path}: cannot lock the state file ({exc.strerror})") from None
+        holder = "" if pid is None else f" (pid {pid})"
+        raise StateError(
+            f"state file {path} is in use by another leadflow-exporter process{holder}; "
+            "two exporters must not share one state file"
+        ) from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+    except OSError:
+        # The pid is only for the message a second process prints; the lock is what counts.
+        pass
+    return fd
+
+
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Before the database is even opened: a second process must not touch the file at all.
+        lock_fd = _lock_state_file(self.path)
+        # A store dropped without close() still lets go of the lock, as its connection does.
+        self._unlock = weakref.finalize(self, os.close, lock_fd)
+        try:
+            self._open()
+        except BaseException:
+            db: sqlite3.Connection | None = getattr(self, "_db", None)
+            if db is not None:
+                db.close()
+            self._unlock()
+            raise
+
+    def _open(self) -> None:
         fresh = not self.path.exists()
         if fresh:
             # Owner-only from the first byte: call ids and totals are commercial data.
@@ -222,4 +288,8 @@ class SQLiteStore:
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
-            self._db.close()
+            try:
+                self._db.close()
+            finally:
+                # Only once the database is closed: a new owner must not find it still in use.
+                self._unlock()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import sqlite3
@@ -310,7 +311,9 @@ def test_seen_sids_survive_a_process_with_another_hash_seed(tmp_path: Path) -> N
     # The followed calls' keys are made again at load too.
     store = SQLiteStore(path)
     _write(store, followed=followed)
-    snapshot = SQLiteStore(path).load(())
+    store.close()
+    store = SQLiteStore(path)
+    snapshot = store.load(())
     assert snapshot is not None
     assert snapshot.followed[sid].sid_key == sid_key(sid)
     store.close()
@@ -358,20 +361,34 @@ def test_a_cycle_that_fails_midway_leaves_the_previous_state(tmp_path: Path) -> 
             expire_before_bucket=bucket_of(BUSY) + 1,
             followed={},
         )
-    # Nothing of the failed cycle is visible, in this connection or a new one.
+    # Nothing of the failed cycle is visible, in this connection or another one (a plain
+    # connection: the store's lock keeps a second store off the file while this one is open).
     assert store.stats() == before
-    for reader in (store, SQLiteStore(path)):
-        snapshot = reader.load(())
-        assert snapshot is not None
-        assert snapshot.totals.calls == {("Auto Insurance", "connected"): 3}
-        assert snapshot.watermark == BUSY
-        assert set(snapshot.followed) == {"s1"}
-        assert snapshot.seen == {bucket_of(BUSY): set(_sids(THREE))}
+    snapshot = store.load(())
+    assert snapshot is not None
+    assert snapshot.totals.calls == {("Auto Insurance", "connected"): 3}
+    assert snapshot.watermark == BUSY
+    assert set(snapshot.followed) == {"s1"}
+    assert snapshot.seen == {bucket_of(BUSY): set(_sids(THREE))}
+    other = sqlite3.connect(path)
+    try:
+        meta = dict(other.execute("SELECT key, value FROM meta"))
+        assert json.loads(meta["totals"]) == json.loads(json.dumps(_totals(3).to_json()))
+        assert float(meta["watermark"]) == BUSY
+        assert [r[0] for r in other.execute("SELECT sid FROM followed")] == ["s1"]
+        assert other.execute("SELECT bucket, sid FROM seen ORDER BY sid").fetchall() == [
+            (bucket_of(BUSY), sid) for sid in sorted(THREE)
+        ]
+    finally:
+        other.close()
     # The store is usable afterwards: no transaction left open.
     _write(store, calls=4, watermark=BUSY + 60)
-    snapshot = SQLiteStore(path).load(())
+    store.close()
+    store = SQLiteStore(path)
+    snapshot = store.load(())
     assert snapshot is not None
     assert snapshot.totals.calls == {("Auto Insurance", "connected"): 4}
+    store.close()
 
 
 def test_ledger_keeps_its_totals_when_the_store_write_fails(tmp_path: Path) -> None:
