@@ -18,7 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 import time
+from dataclasses import replace
+from pathlib import Path
 
 from aiohttp import web
 from prometheus_client import start_http_server
@@ -127,7 +130,14 @@ def serve_baseline(series: int) -> None:
 
 async def serve_catchup(api_url: str) -> None:
     # As fast as the stub answers: the point is the scrape latency while the exporter is busy.
-    daemon = Daemon(bench_config(api_url=api_url, requests_per_minute=1_000_000))
+    # With a state file, as configured by default: the cycle's commit writes every new sid.
+    with tempfile.TemporaryDirectory(prefix="leadflow-bench-") as workdir:
+        config = bench_config(api_url=api_url, requests_per_minute=1_000_000)
+        config = replace(config, state=StateConfig(path=str(Path(workdir) / "state.db")))
+        await _catchup(Daemon(config))
+
+
+async def _catchup(daemon: Daemon) -> None:
     # A saved watermark six days back: the first cycle counts everything since, like a
     # restart after downtime.
     daemon.ledger.watermark = time.time() - CATCHUP_SECONDS

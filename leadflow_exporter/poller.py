@@ -16,7 +16,7 @@ from leadflow_exporter.client import LeadFlowClient, QueryFailed, QueryResult
 from leadflow_exporter.clock import Clock
 from leadflow_exporter.config import PollConfig
 from leadflow_exporter.health import Health
-from leadflow_exporter.ledger import CycleBatch, FollowedCall, Ledger
+from leadflow_exporter.ledger import CycleBatch, FollowedCall, Ledger, PendingCommit
 from leadflow_exporter.records import CallRecord
 from leadflow_exporter.timeutil import SEVEN_DAYS, slices
 
@@ -108,6 +108,24 @@ class Poller:
 
     # -- one cycle ---------------------------------------------------------------------------
 
+    async def _commit(self, pending: PendingCommit) -> None:
+        """Write the cycle in a worker thread, then make it visible.
+
+        Writing a catch-up's sids takes long enough to hold up scrapes and health checks, so it
+        runs off the event loop. Once the transaction has started it is seen through: a stop
+        that cancels the cycle meanwhile waits for it and applies it, so what is counted in
+        memory is always what is in the file, and the file is never closed under a write.
+        """
+        write = asyncio.ensure_future(asyncio.to_thread(self.ledger.write, pending))
+        try:
+            await asyncio.shield(write)
+        except asyncio.CancelledError:
+            await asyncio.wait([write])
+            if not write.cancelled() and write.exception() is None:
+                self.ledger.apply(pending)
+            raise
+        self.ledger.apply(pending)
+
     async def run_cycle(self) -> CycleReport:
         start_mono = self.clock.monotonic()
         now = self.clock.now()
@@ -140,13 +158,15 @@ class Poller:
         if active_counts is not None:
             await self._follow_up(now, followed, active_sids, batch, report)
 
-        self.ledger.commit(
-            batch,
-            watermark=watermark,
-            followed=followed,
-            active=active_counts,
-            full_mark=self._full_read,
-            read_from=report.window_start,
+        await self._commit(
+            self.ledger.prepare_commit(
+                batch,
+                watermark=watermark,
+                followed=followed,
+                active=active_counts,
+                full_mark=self._full_read,
+                read_from=report.window_start,
+            )
         )
         report.counted = batch.counted
         # Calls counted this cycle that were never seen live: the next short window may find

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -9,6 +11,7 @@ import pytest
 
 from leadflow_exporter.client import Query, QueryResult
 from leadflow_exporter.config import PollConfig
+from leadflow_exporter.ledger import MemoryStore
 from leadflow_exporter.poller import CHEAP_WINDOW_INTERVALS
 from leadflow_exporter.records import CallRecord, sid_key
 from leadflow_exporter.state import SQLiteStore
@@ -360,3 +363,45 @@ async def test_the_fall_back_hour_widening_never_reaches_before_the_first_read()
         # Before the repeated hour, naive dates compare as the instants they stand for.
         assert min(starts) == h.poller.client.api_date(first)
         assert_matches_truth(h.ledger, h.truth())
+
+
+class _GatedStore(MemoryStore):
+    """A store whose next write waits until released, from its own thread."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+        self.written: list[float | None] = []
+        self.threads: set[int] = set()
+
+    def write_cycle(self, **fields: Any) -> None:
+        self.threads.add(threading.get_ident())
+        self.started.set()
+        assert self.release.wait(timeout=30), "the test never released the write"
+        self.written.append(fields["watermark"])
+
+
+async def test_the_commit_writes_off_the_event_loop_and_a_stop_mid_write_still_applies_it() -> None:
+    store = _GatedStore()
+    store.release.set()
+    async with harness(BUSY, store=store) as h:
+        await h.cycle()
+        assert store.written and threading.get_ident() not in store.threads
+        # The next cycle is stopped while its transaction is being written: the write is seen
+        # through and made visible, so memory and file agree.
+        store.release.clear()
+        store.started.clear()
+        h.clock.advance(h.poller.poll.interval_seconds)
+        before = h.ledger.watermark
+        task = asyncio.create_task(h.poller.run_cycle())
+        assert await asyncio.to_thread(store.started.wait, 30)
+        # Scrapes and health checks are served meanwhile: the event loop is free.
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        task.cancel()
+        await asyncio.sleep(0.05)
+        assert not task.done(), "the cycle ended while its write was still under way"
+        store.release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert store.written[-1] == h.ledger.watermark != before
