@@ -525,8 +525,7 @@ class Ledger:
             full_mark=full_mark,
             read_from=read_from,
         )
-        self.write(pending)
-        self.apply(pending)
+        self.apply(pending, self.write(pending))
 
     # `commit` in three steps, for a caller that runs the write in a worker thread: writing a
     # catch-up's 100,000 sids takes a tenth of a second, which the event loop must not wait out.
@@ -576,9 +575,10 @@ class Ledger:
             active=active,
         )
 
-    def write(self, pending: PendingCommit) -> None:
-        """Write `pending` to the store in one transaction. Safe in a worker thread: it only
-        reads `pending`, which nothing changes once prepared."""
+    def write(self, pending: PendingCommit) -> dict[int, set[int]]:
+        """Write `pending` to the store in one transaction; returns the new seen keys as sets,
+        ready for `apply`. Safe in a worker thread: it only reads `pending`, which nothing
+        changes once prepared, and building a catch-up's sets is work kept off the loop too."""
         self.store.write_cycle(
             totals=pending.totals,
             new_seen=pending.new_seen,
@@ -589,18 +589,24 @@ class Ledger:
             full_mark=pending.full_mark,
             covered_from=pending.covered_from,
         )
+        return {bucket: set(keys) for bucket, keys in pending.new_seen.items()}
 
-    def apply(self, pending: PendingCommit) -> None:
-        """Make a written commit visible."""
+    def apply(self, pending: PendingCommit, new_keys: dict[int, set[int]]) -> None:
+        """Make a written commit visible; `new_keys` is what `write` returned."""
         self.totals = pending.totals
-        for bucket, keys in pending.new_seen.items():
-            existing_keys = self.seen.get(bucket)
-            if existing_keys is None:
-                self.seen[bucket] = set(keys)
+        seen = self.seen
+        for bucket, keys in new_keys.items():
+            existing = seen.get(bucket)
+            if existing is None:
+                seen[bucket] = keys
+            elif len(keys) > len(existing):
+                # Merge the smaller set into the larger one: a catch-up's bucket is new keys.
+                keys |= existing
+                seen[bucket] = keys
             else:
-                existing_keys.update(keys)
-        for bucket in [b for b in self.seen if b < pending.horizon]:
-            del self.seen[bucket]
+                existing |= keys
+        for bucket in [b for b in seen if b < pending.horizon]:
+            del seen[bucket]
         self.followed = pending.followed
         self.watermark = pending.watermark
         self.full_mark = pending.full_mark

@@ -118,13 +118,13 @@ class Poller:
         """
         write = asyncio.ensure_future(asyncio.to_thread(self.ledger.write, pending))
         try:
-            await asyncio.shield(write)
+            new_keys = await asyncio.shield(write)
         except asyncio.CancelledError:
             await asyncio.wait([write])
             if not write.cancelled() and write.exception() is None:
-                self.ledger.apply(pending)
+                self.ledger.apply(pending, write.result())
             raise
-        self.ledger.apply(pending)
+        self.ledger.apply(pending, new_keys)
 
     async def run_cycle(self) -> CycleReport:
         start_mono = self.clock.monotonic()
