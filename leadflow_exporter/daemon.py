@@ -96,6 +96,7 @@ class Daemon:
             else None
         )
         self._reload_lock = asyncio.Lock()
+        self._stopping = False
         self._render_lock = asyncio.Lock()
         self.port: int | None = None
 
@@ -183,8 +184,9 @@ class Daemon:
             return
         self._poll_stop.set()
         try:
-            # The cycle in flight commits or, if it overruns, is cancelled before its
-            # commit: either way the state file holds whole cycles only.
+            # The cycle in flight commits or, if it overruns, is cancelled: before its commit,
+            # or, once its transaction is being written, after the write is done and applied.
+            # Either way the state file holds whole cycles only.
             await asyncio.wait_for(asyncio.shield(task), timeout=STOP_GRACE_SECONDS)
         except TimeoutError:
             task.cancel()
@@ -196,7 +198,11 @@ class Daemon:
         return self._poll_task is not None and not self._poll_task.done()
 
     async def stop(self) -> None:
-        await self._stop_poller()
+        # After a reload in progress, which would otherwise start a new poller once this one
+        # has stopped, on a store about to be closed.
+        self._stopping = True
+        async with self._reload_lock:
+            await self._stop_poller()
         if self._runner is not None:
             await self._runner.cleanup()
         if self._session is not None:
@@ -209,6 +215,8 @@ class Daemon:
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config file; a bad one is refused and the running one kept."""
         async with self._reload_lock:
+            if self._stopping:
+                return False, "stopping"
             if self.config_path is None:
                 return False, "no config file to reload"
             try:

@@ -120,9 +120,15 @@ class Poller:
         try:
             new_keys = await asyncio.shield(write)
         except asyncio.CancelledError:
-            await asyncio.wait([write])
-            if not write.cancelled() and write.exception() is None:
+            # However often the cycle is cancelled (a stop and a reload can each cancel it).
+            while not write.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait([write])
+            error = write.exception()
+            if error is None:
                 self.ledger.apply(pending, write.result())
+            else:
+                log.error("commit_failed", error=f"{type(error).__name__}: {error}")
             raise
         self.ledger.apply(pending, new_keys)
 

@@ -7,6 +7,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,9 @@ class StateError(Exception):
 
 
 def lock_path_for(path: Path) -> Path:
-    return path.with_name(path.name + ".lock")
+    # Beside the real file: two paths to one database (a symlink) must take one lock.
+    real = Path(os.path.realpath(path))
+    return real.with_name(real.name + ".lock")
 
 
 def _holder_pid(fd: int) -> int | None:
@@ -96,6 +99,8 @@ class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        # The poller writes from a worker thread; close() must never run under a write.
+        self._writing = threading.Lock()
         # Before the database is even opened: a second process must not touch the file at all.
         lock_fd = _lock_state_file(self.path)
         # A store dropped without close() still lets go of the lock, as its connection does.
@@ -247,6 +252,30 @@ class SQLiteStore:
         full_mark: float | None = None,
         covered_from: float | None = None,
     ) -> None:
+        with self._writing:
+            self._write_cycle(
+                totals=totals,
+                new_seen=new_seen,
+                expire_before_bucket=expire_before_bucket,
+                followed=followed,
+                watermark=watermark,
+                extra_labels=extra_labels,
+                full_mark=full_mark,
+                covered_from=covered_from,
+            )
+
+    def _write_cycle(
+        self,
+        *,
+        totals: Totals,
+        new_seen: StagedSids,
+        expire_before_bucket: int,
+        followed: dict[str, FollowedCall],
+        watermark: float | None,
+        extra_labels: tuple[str, ...],
+        full_mark: float | None,
+        covered_from: float | None,
+    ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -285,6 +314,10 @@ class SQLiteStore:
         }
 
     def close(self) -> None:
+        with self._writing:
+            self._close()
+
+    def _close(self) -> None:
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:

@@ -252,6 +252,33 @@ async def test_reload_applies_good_config_keeps_totals_and_refuses_bad(tmp_path:
             assert "state.path needs a restart" in await response.text()
 
 
+async def test_a_stop_during_a_reload_leaves_no_poller_behind(tmp_path: Path) -> None:
+    # SIGHUP and SIGTERM close together: the reload restarts the poller, and the stop must
+    # stop that one too, before the state file is closed.
+    sim = await start_simulator("127.0.0.1", 0, seed=3, volume=30.0, rate_limit_per_minute=0)
+    try:
+        config_path = write_config(
+            tmp_path / "config.yaml", sim.url, state={"path": str(tmp_path / "state.db")}
+        )
+        daemon = Daemon(load_config(config_path), config_path=config_path)
+        await daemon.start()
+
+        async def two_cycles() -> bool:
+            return daemon.health.cycles >= 2
+
+        await wait_for(two_cycles)
+        reload = asyncio.create_task(daemon.reload())
+        await asyncio.sleep(0)
+        await daemon.stop()
+        assert await reload == (True, "config reloaded")
+        assert not daemon.poller_alive()
+        running = [t for t in asyncio.all_tasks() if t.get_name() == "poller" and not t.done()]
+        assert running == []
+        assert await daemon.reload() == (False, "stopping")
+    finally:
+        await sim.close()
+
+
 async def test_series_cap_counts_what_it_drops(tmp_path: Path) -> None:
     async for r in _start(tmp_path, metrics={"max_series_per_metric": 6}):
         await r.cycles(4)

@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import pytest
 
 from leadflow_exporter.config import Config, StateConfig
 from leadflow_exporter.daemon import open_store
-from leadflow_exporter.ledger import MemoryStore
+from leadflow_exporter.ledger import MemoryStore, Totals
 from leadflow_exporter.state import SQLiteStore, StateError, lock_path_for
 
 # Opens the store, says so on stdout, then holds it until killed.
@@ -197,3 +198,55 @@ def test_a_killed_holder_leaves_no_lock_behind(
         assert lock_path_for(path).read_text() == f"{os.getpid()}\n"
     finally:
         store.close()
+
+
+def test_a_symlink_to_a_state_file_in_use_takes_the_same_lock(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    link = tmp_path / "link.db"
+    store = SQLiteStore(path)
+    try:
+        link.symlink_to(path)
+        with pytest.raises(StateError, match="in use by another leadflow-exporter process"):
+            SQLiteStore(link)
+        assert lock_path_for(link) == lock_path_for(path)
+    finally:
+        store.close()
+
+
+def test_close_waits_for_a_write_under_way_in_another_thread(tmp_path: Path) -> None:
+    # The poller writes from a worker thread; a stop must not close the database under it.
+    store = SQLiteStore(tmp_path / "state.db")
+    inside = threading.Event()
+    release = threading.Event()
+
+    class SlowSids(dict[int, str]):
+        def values(self) -> Iterator[str]:  # type: ignore[override]
+            inside.set()
+            assert release.wait(30)
+            yield from super().values()
+
+    writer = threading.Thread(
+        target=store.write_cycle,
+        kwargs={
+            "totals": Totals(),
+            "new_seen": {1: SlowSids({11: "sid-a", 12: "sid-b"})},
+            "expire_before_bucket": 0,
+            "followed": {},
+            "watermark": 3600.0,
+        },
+    )
+    writer.start()
+    assert inside.wait(30)
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    closer.join(0.3)
+    assert closer.is_alive(), "close() ran while a write was under way"
+    release.set()
+    writer.join(30)
+    closer.join(30)
+    assert not closer.is_alive()
+    reopened = SQLiteStore(tmp_path / "state.db")
+    try:
+        assert reopened.stats()["seen"] == 2
+    finally:
+        reopened.close()
