@@ -67,13 +67,19 @@ class Daemon:
         self.clock = clock or SystemClock()
         self.health = Health()
         self.health.config_reload_time = self.clock.now()
-        self.ledger = Ledger(
-            open_store(config),
-            self.health,
-            extra_labels=config.metrics.extra_labels,
-            max_series_per_metric=config.metrics.max_series_per_metric,
-            retention_seconds=config.poll.overlap_seconds + config.poll.max_call_seconds,
-        )
+        store = open_store(config)
+        try:
+            self.ledger = Ledger(
+                store,
+                self.health,
+                extra_labels=config.metrics.extra_labels,
+                max_series_per_metric=config.metrics.max_series_per_metric,
+                retention_seconds=config.poll.overlap_seconds + config.poll.max_call_seconds,
+            )
+        except BaseException:
+            # A state file refused at load (other extra labels, say) lets go of its lock now.
+            store.close()
+            raise
         self.budget = RateBudget(config.api.requests_per_minute, self.clock)
         registry = CollectorRegistry(auto_describe=False)
         registry.register(LedgerCollector(self.ledger, extra_labels=config.metrics.extra_labels))

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from leadflow_exporter import state as state_module
-from leadflow_exporter.config import PollConfig
+from leadflow_exporter.config import Config, MetricsConfig, PollConfig, StateConfig
+from leadflow_exporter.daemon import Daemon
 from leadflow_exporter.health import Health
 from leadflow_exporter.ledger import (
     BUCKET_SECONDS,
@@ -264,9 +265,19 @@ def test_changed_extra_labels_are_refused(tmp_path: Path) -> None:
     with pytest.raises(StateError, match="extra_labels"):
         store.load(("affiliate",))
     store.close()
-    # The refusal reaches the ledger too: a daemon would not start.
+    # The refusal reaches the ledger too: a daemon would not start, and lets go of the file.
+    store = SQLiteStore(path)
     with pytest.raises(StateError):
-        Ledger(SQLiteStore(path), Health(), extra_labels=("offer",))
+        Ledger(store, Health(), extra_labels=("offer",))
+    store.close()
+    refused = Config(
+        state=StateConfig(path=str(path)), metrics=MetricsConfig(extra_labels=("offer",))
+    )
+    # The refusal (kept, with its traceback and so the store) must not keep the lock.
+    with pytest.raises(StateError, match="extra_labels") as refusal:
+        Daemon(refused)
+    SQLiteStore(path).close()
+    assert refusal.value
 
 
 def test_seen_sids_survive_a_process_with_another_hash_seed(tmp_path: Path) -> None:
