@@ -75,6 +75,7 @@ class Daemon:
                 extra_labels=config.metrics.extra_labels,
                 max_series_per_metric=config.metrics.max_series_per_metric,
                 retention_seconds=config.poll.overlap_seconds + config.poll.max_call_seconds,
+                timezone=config.api.timezone,
             )
         except BaseException:
             # A state file refused at load (other extra labels, say) lets go of its lock now.

@@ -161,7 +161,9 @@ class Snapshot:
 
 
 class Store(Protocol):
-    def load(self, extra_labels: tuple[str, ...]) -> Snapshot | None: ...
+    def load(
+        self, extra_labels: tuple[str, ...], timezone: str | None = None
+    ) -> Snapshot | None: ...
 
     def write_cycle(
         self,
@@ -174,6 +176,7 @@ class Store(Protocol):
         extra_labels: tuple[str, ...],
         full_mark: float | None = None,
         covered_from: float | None = None,
+        timezone: str | None = None,
     ) -> None: ...
 
     def close(self) -> None: ...
@@ -182,7 +185,7 @@ class Store(Protocol):
 class MemoryStore:
     """State that lives as long as the process (`state.path: ""`)."""
 
-    def load(self, extra_labels: tuple[str, ...]) -> Snapshot | None:
+    def load(self, extra_labels: tuple[str, ...], timezone: str | None = None) -> Snapshot | None:
         return None
 
     def write_cycle(self, **_: Any) -> None:
@@ -229,8 +232,12 @@ class Ledger:
         extra_labels: tuple[str, ...] = (),
         max_series_per_metric: int = 5000,
         retention_seconds: float = 14400.0 + 900.0,
+        timezone: str | None = None,
     ) -> None:
         self.store = store
+        # The zone call dates are read in (`api.timezone`): the seen sids' hour buckets
+        # depend on it, so the store refuses a state written in another.
+        self.timezone = timezone
         self.health = health
         self.extra_labels = extra_labels
         self.max_series = max_series_per_metric
@@ -244,7 +251,7 @@ class Ledger:
         self.full_mark: float | None = None
         self.covered_from: float | None = None
         self.active: dict[str, int] = {}
-        snapshot = store.load(extra_labels)
+        snapshot = store.load(extra_labels, timezone)
         if snapshot is not None:
             self.totals = snapshot.totals
             self.seen = snapshot.seen
@@ -588,6 +595,7 @@ class Ledger:
             extra_labels=self.extra_labels,
             full_mark=pending.full_mark,
             covered_from=pending.covered_from,
+            timezone=self.timezone,
         )
         return {bucket: set(keys) for bucket, keys in pending.new_seen.items()}
 

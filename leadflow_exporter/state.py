@@ -192,14 +192,14 @@ class SQLiteStore:
             (key, value),
         )
 
-    def load(self, extra_labels: tuple[str, ...]) -> Snapshot | None:
+    def load(self, extra_labels: tuple[str, ...], timezone: str | None = None) -> Snapshot | None:
         try:
-            return self._load(extra_labels)
+            return self._load(extra_labels, timezone)
         except sqlite3.DatabaseError as exc:
             # Damage deeper in the file shows only when its pages are read.
             raise StateError(f"{self.path}: not a usable state file ({exc})") from None
 
-    def _load(self, extra_labels: tuple[str, ...]) -> Snapshot | None:
+    def _load(self, extra_labels: tuple[str, ...], timezone: str | None) -> Snapshot | None:
         watermark = self._meta("watermark")
         if watermark is None:
             return None
@@ -211,6 +211,15 @@ class SQLiteStore:
                 f"{self.path}: totals were saved with metrics.extra_labels {list(saved_labels)} "
                 f"but the config now has {list(extra_labels)}; keep the old labels or start a "
                 "new state file"
+            )
+        saved_zone = self._meta("timezone")
+        if timezone is not None and saved_zone is not None and saved_zone != timezone:
+            # The seen sids are kept by the hour their call started, read in this zone: in
+            # another zone the calls of the last overlap would not be found, and count again.
+            raise StateError(
+                f"{self.path}: calls were counted reading call dates in api.timezone "
+                f"{saved_zone!r} but the config now has {timezone!r}; the calls of the last "
+                "overlap would be counted again. Keep the old time zone or start a new state file"
             )
         try:
             totals = Totals.from_json(
@@ -251,6 +260,7 @@ class SQLiteStore:
         extra_labels: tuple[str, ...] = (),
         full_mark: float | None = None,
         covered_from: float | None = None,
+        timezone: str | None = None,
     ) -> None:
         with self._writing:
             self._write_cycle(
@@ -262,6 +272,7 @@ class SQLiteStore:
                 extra_labels=extra_labels,
                 full_mark=full_mark,
                 covered_from=covered_from,
+                timezone=timezone,
             )
 
     def _write_cycle(
@@ -275,6 +286,7 @@ class SQLiteStore:
         extra_labels: tuple[str, ...],
         full_mark: float | None,
         covered_from: float | None,
+        timezone: str | None,
     ) -> None:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
@@ -296,6 +308,8 @@ class SQLiteStore:
             )
             self._set_meta("totals", json.dumps(totals.to_json(), separators=(",", ":")))
             self._set_meta("extra_labels", json.dumps(list(extra_labels)))
+            if timezone is not None:
+                self._set_meta("timezone", timezone)
             if watermark is not None:
                 self._set_meta("watermark", repr(watermark))
             if full_mark is not None:

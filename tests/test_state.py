@@ -10,6 +10,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -278,6 +279,42 @@ def test_changed_extra_labels_are_refused(tmp_path: Path) -> None:
         Daemon(refused)
     SQLiteStore(path).close()
     assert refusal.value
+
+
+def test_a_changed_time_zone_is_refused(tmp_path: Path) -> None:
+    # Seen sids are kept by the hour their call started, read in api.timezone: read in another
+    # zone, the last overlap's calls would land in other hours and count again.
+    path = tmp_path / "state.db"
+    store = SQLiteStore(path)
+    _write(store, timezone="America/New_York")
+    store.close()
+    store = SQLiteStore(path)
+    try:
+        assert store.load((), "America/New_York") is not None
+        assert store.load(()) is not None  # no zone given: nothing to compare
+        with pytest.raises(StateError, match=r"api\.timezone 'America/New_York'.*now has 'UTC'"):
+            store.load((), "UTC")
+    finally:
+        store.close()
+    zoned = Config(state=StateConfig(path=str(path)), api=replace(Config().api, timezone="UTC"))
+    with pytest.raises(StateError, match=r"api\.timezone") as refusal:
+        Daemon(zoned)
+    assert refusal.value
+    # A file written before the zone was recorded is taken as it is, and records it.
+    legacy = tmp_path / "legacy.db"
+    store = SQLiteStore(legacy)
+    _write(store)
+    store.close()
+    ledger = Ledger(SQLiteStore(legacy), Health(), timezone="UTC")
+    assert ledger.has_baseline
+    ledger.commit(CycleBatch(), watermark=BUSY + 60, followed={}, active=None)
+    ledger.close()
+    store = SQLiteStore(legacy)
+    try:
+        with pytest.raises(StateError, match=r"api\.timezone 'UTC'"):
+            store.load((), "America/New_York")
+    finally:
+        store.close()
 
 
 def test_seen_sids_survive_a_process_with_another_hash_seed(tmp_path: Path) -> None:
