@@ -263,63 +263,38 @@ class SQLiteStore:
         timezone: str | None = None,
     ) -> None:
         with self._writing:
-            self._write_cycle(
-                totals=totals,
-                new_seen=new_seen,
-                expire_before_bucket=expire_before_bucket,
-                followed=followed,
-                watermark=watermark,
-                extra_labels=extra_labels,
-                full_mark=full_mark,
-                covered_from=covered_from,
-                timezone=timezone,
-            )
-
-    def _write_cycle(
-        self,
-        *,
-        totals: Totals,
-        new_seen: StagedSids,
-        expire_before_bucket: int,
-        followed: dict[str, FollowedCall],
-        watermark: float | None,
-        extra_labels: tuple[str, ...],
-        full_mark: float | None,
-        covered_from: float | None,
-        timezone: str | None,
-    ) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            for bucket, sids in new_seen.items():
+            db = self._db
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for bucket, sids in new_seen.items():
+                    db.executemany(
+                        "INSERT OR IGNORE INTO seen (bucket, sid) VALUES (?, ?)",
+                        ((bucket, sid) for sid in sids.values()),
+                    )
+                db.execute("DELETE FROM seen WHERE bucket < ?", (expire_before_bucket,))
+                db.execute("DELETE FROM followed")
                 db.executemany(
-                    "INSERT OR IGNORE INTO seen (bucket, sid) VALUES (?, ?)",
-                    ((bucket, sid) for sid in sids.values()),
+                    "INSERT INTO followed (sid, set_name, call_ts, first_seen, last_active)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (
+                        (c.sid, c.set_name, c.call_ts, c.first_seen, c.last_active)
+                        for c in followed.values()
+                    ),
                 )
-            db.execute("DELETE FROM seen WHERE bucket < ?", (expire_before_bucket,))
-            db.execute("DELETE FROM followed")
-            db.executemany(
-                "INSERT INTO followed (sid, set_name, call_ts, first_seen, last_active)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (
-                    (c.sid, c.set_name, c.call_ts, c.first_seen, c.last_active)
-                    for c in followed.values()
-                ),
-            )
-            self._set_meta("totals", json.dumps(totals.to_json(), separators=(",", ":")))
-            self._set_meta("extra_labels", json.dumps(list(extra_labels)))
-            if timezone is not None:
-                self._set_meta("timezone", timezone)
-            if watermark is not None:
-                self._set_meta("watermark", repr(watermark))
-            if full_mark is not None:
-                self._set_meta("full_read", repr(full_mark))
-            if covered_from is not None:
-                self._set_meta("covered_from", repr(covered_from))
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+                self._set_meta("totals", json.dumps(totals.to_json(), separators=(",", ":")))
+                self._set_meta("extra_labels", json.dumps(list(extra_labels)))
+                if timezone is not None:
+                    self._set_meta("timezone", timezone)
+                if watermark is not None:
+                    self._set_meta("watermark", repr(watermark))
+                if full_mark is not None:
+                    self._set_meta("full_read", repr(full_mark))
+                if covered_from is not None:
+                    self._set_meta("covered_from", repr(covered_from))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
 
     def stats(self) -> dict[str, Any]:
         return {

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -108,3 +111,18 @@ async def harness(
             yield Harness(clock, app[STATE_KEY], poller, ledger, health, start)
         finally:
             await server.close()
+
+
+def run_exporter(tmp_path: Path, state: Path) -> subprocess.CompletedProcess[str]:
+    """`leadflow-exporter run` on `state` as a process of its own, to see how it refuses."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "api:\n  access_key: a\n  secret_access_key: b\n  rate_limit_key: c\n"
+        f"state:\n  path: {state}\nserver:\n  listen: 127.0.0.1:0\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "leadflow_exporter", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )

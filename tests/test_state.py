@@ -33,7 +33,7 @@ from leadflow_exporter.records import sid_key
 from leadflow_exporter.simulator.app import parse_api_datetime
 from leadflow_exporter.state import APPLICATION_ID, SCHEMA_VERSION, SQLiteStore, StateError
 from leadflow_exporter.timeutil import SEVEN_DAYS
-from tests.harness import harness
+from tests.harness import harness, run_exporter
 from tests.truth import assert_matches_truth
 
 # A Tuesday morning, Eastern time.
@@ -167,17 +167,7 @@ def test_damage_deep_in_the_file_is_refused_when_loading(tmp_path: Path) -> None
 def test_the_daemon_refuses_to_start_on_a_bad_state_file(tmp_path: Path) -> None:
     state = tmp_path / "state.db"
     state.write_bytes(b"\x00garbage" * 1000)
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "api:\n  access_key: a\n  secret_access_key: b\n  rate_limit_key: c\n"
-        f"state:\n  path: {state}\nserver:\n  listen: 127.0.0.1:0\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "leadflow_exporter", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_exporter(tmp_path, state)
     assert done.returncode == 1
     assert done.stderr.startswith("state.path: ")
     assert "not a usable state file" in done.stderr

@@ -19,6 +19,7 @@ from leadflow_exporter.config import Config, StateConfig
 from leadflow_exporter.daemon import open_store
 from leadflow_exporter.ledger import MemoryStore, Totals
 from leadflow_exporter.state import SQLiteStore, StateError, lock_path_for
+from tests.harness import run_exporter
 
 # Opens the store, says so on stdout, then holds it until killed.
 HOLDER = (
@@ -163,17 +164,7 @@ def test_the_cli_refuses_to_start_on_a_state_file_in_use(
     tmp_path: Path, holder: subprocess.Popen[str]
 ) -> None:
     state = tmp_path / "state.db"
-    config = tmp_path / "config.yaml"
-    config.write_text(
-        "api:\n  access_key: a\n  secret_access_key: b\n  rate_limit_key: c\n"
-        f"state:\n  path: {state}\nserver:\n  listen: 127.0.0.1:0\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "leadflow_exporter", "run", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    done = run_exporter(tmp_path, state)
     assert done.returncode == 1
     assert done.stderr == f"state.path: {in_use(state, holder.pid)}\n"
     assert "Traceback" not in done.stderr
