@@ -8,7 +8,7 @@ Every Prometheus duration in the text is multiplied by ``--scale``: range select
 counts, ratios or multiples of the exporter's own poll interval, so they stay valid when the
 exporter, Prometheus and the rules all run faster by the same factor.
 
-Example, for an end-to-end test whose exporter polls every second instead of every minute::
+Example, for an end-to-end test that runs everything sixty times faster::
 
     python rules/render.py --scale 1/60 -o /tmp/leadflow-fast.rules.yaml
 

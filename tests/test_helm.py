@@ -210,6 +210,29 @@ def check_service_monitor(doc: dict[str, Any], docs: list[dict[str, Any]]) -> No
             assert isinstance(relabel, dict)
 
 
+def test_scraped_series_get_the_job_the_rules_select(chart: helm.Chart) -> None:
+    # The operator would name the job after the Service (lf-leadflow-exporter), and
+    # LeadFlowExporterDown (`absent(up{job="leadflow"})`) would fire for good.
+    rules = yaml.safe_load((ROOT / "rules" / "leadflow-exporter.rules.yaml").read_text())
+    exprs = [r["expr"] for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    assert any('up{job="leadflow"}' in expr for expr in exprs)
+    values = {"serviceMonitor": {"enabled": True, "relabelings": [{"targetLabel": "team"}]}}
+    endpoint = one(render(chart, values), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["relabelings"] == [
+        {"targetLabel": "job", "replacement": "leadflow"},
+        {"targetLabel": "team"},
+    ]
+    values = {"serviceMonitor": {"enabled": True, "job": ""}}
+    endpoint = one(render(chart, values), "ServiceMonitor")["spec"]["endpoints"][0]
+    assert "relabelings" not in endpoint
+
+
+def test_schema_takes_every_api_key_the_chart_does_not_own(chart: helm.Chart) -> None:
+    chart.validate_schema({"config": {"api": {"max_pages": 500, "max_retries": 2}}})
+    with pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({"config": {"api": {"page_size": 500}}})
+
+
 def check_prometheus_rule(doc: dict[str, Any]) -> None:
     assert set(doc) == {"apiVersion", "kind", "metadata", "spec"}
     assert set(doc["spec"]) == {"groups"}
