@@ -304,14 +304,11 @@ class SQLiteStore:
 
     def close(self) -> None:
         with self._writing:
-            self._close()
-
-    def _close(self) -> None:
-        try:
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        finally:
             try:
-                self._db.close()
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
-                # Only once the database is closed: a new owner must not find it still in use.
-                self._unlock()
+                try:
+                    self._db.close()
+                finally:
+                    # Only once the database is closed: a new owner must not find it in use.
+                    self._unlock()
