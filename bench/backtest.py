@@ -426,6 +426,32 @@ def match(spikes: list[Spike], week_start: datetime, found: list[Episode]) -> li
     return report
 
 
+def run_models(
+    spikes: list[Spike],
+    seed: int,
+    volume: float,
+    week_start: datetime,
+    warmup_days: int,
+    runs: tuple[str, ...] = ("normal", "spikes"),
+) -> dict[str, TrafficModel]:
+    """The traffic of each run: the normal week, and the same week with ``spikes``."""
+    schedule = []
+    for s in spikes:
+        onset = s.onset(week_start)
+        schedule += [
+            (onset, targeted(s.kind, set_id=s.set_id, share=s.share)),
+            (onset + s.minutes * MINUTE, "steady"),
+        ]
+    traffic_start = int(week_start.timestamp()) - warmup_days * DAY
+    models = {
+        "normal": TrafficModel(seed=seed, volume=volume, traffic_start=traffic_start),
+        "spikes": TrafficModel(
+            seed=seed, volume=volume, schedule=Schedule(schedule), traffic_start=traffic_start
+        ),
+    }
+    return {run: model for run, model in models.items() if run in runs}
+
+
 def backtest(
     days: int = 7,
     spikes: list[Spike] | None = None,
@@ -467,21 +493,7 @@ def backtest(
         poll_interval,
         eval_interval,
     )
-    schedule = []
-    for s in spikes:
-        onset = s.onset(week_start)
-        schedule += [
-            (onset, targeted(s.kind, set_id=s.set_id, share=s.share)),
-            (onset + s.minutes * MINUTE, "steady"),
-        ]
-    traffic_start = start - warmup_days * DAY
-    models = {
-        "normal": TrafficModel(seed=seed, volume=volume, traffic_start=traffic_start),
-        "spikes": TrafficModel(
-            seed=seed, volume=volume, schedule=Schedule(schedule), traffic_start=traffic_start
-        ),
-    }
-    models = {run: model for run, model in models.items() if run in runs}
+    models = run_models(spikes, seed, volume, week_start, warmup_days, runs)
     with tempfile.TemporaryDirectory(prefix="leadflow-backtest-") as tmp:
         found = evaluate(
             models,

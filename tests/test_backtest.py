@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from bench import backtest as bt
+from bench import rules_replay as rr
 from leadflow_exporter.simulator import TrafficModel
 from leadflow_exporter.simulator.call import AFFILIATE_CAP, CONNECTED, NO_BUYER
 from leadflow_exporter.simulator.scenarios import Schedule, parse_scenario, targeted
@@ -264,3 +265,52 @@ def test_short_backtest_normal_traffic_fires_no_spike_alert(short_result: bt.Res
 
 def test_short_backtest_detects_within_five_minutes(short_result: bt.Result) -> None:
     assert all(s["delay_seconds"] <= 5 * 60 for s in short_result.spikes), short_result.spikes
+
+
+# -- the quick replay of the spike rules (bench/rules_replay.py) ----------------------------------
+
+
+def test_replay_finds_the_episodes_promtool_finds(short_result: bt.Result) -> None:
+    """The replay over the shortened backtest's counters: the same spike-alert episodes, to
+    the evaluation, as promtool running the rules file."""
+    week_start = int(bt.DEFAULT_START.timestamp())
+    begin = week_start - 8 * bt.DAY
+    (model,) = bt.run_models(SHORT_SPIKES, 5, 10.0, bt.DEFAULT_START, 8, ("spikes",)).values()
+    samples, _ = bt.counter_samples(
+        model, begin, week_start + bt.DAY, rr.SCRAPE, 10, short_result.poll_interval
+    )
+    replayed = rr.replay(samples, begin, week_start)
+    expected = [e for e in short_result.spike_episodes if e.alert != "LeadFlowNoCalls"]
+    assert expected, "the shortened backtest found no spike alert to compare with"
+    assert [(e.alert, e.set_name, e.start, e.end) for e in replayed] == [
+        (e.alert, e.set_name, e.start, e.end) for e in expected
+    ]
+
+
+def test_replay_settings_are_the_rules_files() -> None:
+    text = bt.RULES.read_text()
+    s = rr.Settings()
+    for alert in rr.STATUS_OF_ALERT:
+        rule = text[text.index(f"- alert: {alert}") :]
+        rule = rule[: rule.index("annotations:")]
+        assert f"zscore{s.window // 60}m > {s.z:g}" in rule
+        assert f"leadflow_calls:increase{s.window // 60}m >= {s.min_calls}" in rule
+        assert f"keep_firing_for: {s.keep_firing // 60}m" in rule
+        assert "for: 0m" in rule
+    assert text.count(f"ratio_baseline + {s.margin:.2f}") == 2
+    assert (
+        text.count(f"ratio{s.baseline_window // 60}m[{s.baseline_range // 3600}h] offset 6d23h30m")
+        == 2
+    )
+    assert (
+        text.count(
+            f"* (1 - set_name:leadflow_calls_no_buyer:ratio_baseline) + {s.variance_extra:g}"
+        )
+        == 1
+    )
+
+
+def test_sliding_max_ignores_absent_samples() -> None:
+    assert rr._sliding_max([None, 3.0, 1.0, None, 2.0, None, None, None], 3) == [
+        None, 3.0, 3.0, 3.0, 2.0, 2.0, 2.0, None,
+    ]  # fmt: skip
