@@ -461,8 +461,10 @@ def test_sigkill_at_random_moments(stack: Stack, seed: int) -> None:
 def test_sigterm_then_downtime_while_calls_keep_finishing(stack: Stack) -> None:
     rng = random.Random(7)
     stack.first_run()
-    time.sleep(2 + rng.uniform(0.0, 1.0))
-    # Graceful stop in the middle of whatever the exporter is doing.
+    # Something counted and saved first (a fixed sleep was not always enough on a busy
+    # machine), then a stop in the middle of whatever the exporter is doing.
+    wait_until(lambda: sum(page_calls(stack.scrape()).values()) > 0, 30, "a counted call")
+    time.sleep(rng.uniform(0.0, 1.0))
     started = time.monotonic()
     assert stack.kill(signal.SIGTERM) == 0
     assert time.monotonic() - started < 5
