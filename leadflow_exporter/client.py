@@ -20,6 +20,7 @@ from leadflow_exporter.config import ApiConfig
 from leadflow_exporter.health import Health
 from leadflow_exporter.ratebudget import RateBudget
 from leadflow_exporter.records import CallRecord, EnvelopeError, decode_page
+from leadflow_exporter.sightings import Sighting
 from leadflow_exporter.timeutil import CallDateParser, zone
 
 log = structlog.get_logger("leadflow_exporter.client")
@@ -46,6 +47,8 @@ class QueryResult:
     pages: int = 0
     invalid: Counter[str] = field(default_factory=Counter)
     bad_values: Counter[str] = field(default_factory=Counter)
+    invalid_keys: list[Sighting] = field(default_factory=list)
+    bad_value_keys: list[Sighting] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -205,6 +208,8 @@ class LeadFlowClient:
             result.raw_count += page.size
             result.invalid.update(page.invalid)
             result.bad_values.update(page.bad_values)
+            result.invalid_keys += page.invalid_keys
+            result.bad_value_keys += page.bad_value_keys
             # A page longer than asked for means page_size was ignored and everything came back.
             if query.kind == "sid" or page.size != page_size:
                 return result

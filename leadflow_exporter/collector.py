@@ -238,7 +238,7 @@ class HealthCollector(Collector):
         yield records
         invalid = CounterMetricFamily(
             "leadflow_exporter_invalid_records",
-            "Records skipped because they cannot be counted, by reason.",
+            "Records skipped because they cannot be counted, by reason; each record once.",
             labels=["reason"],
         )
         for reason in sorted({*INVALID_REASONS, *health.invalid_records}):
@@ -246,7 +246,7 @@ class HealthCollector(Collector):
         yield invalid
         values = CounterMetricFamily(
             "leadflow_exporter_invalid_values",
-            "Unreadable field values, read as zero; the call itself was counted.",
+            "Unreadable field values, read as zero, once per call; the call itself was counted.",
             labels=["field"],
         )
         for name, count in sorted(health.invalid_values.items()):

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from leadflow_exporter.sightings import Sightings
+
 QUERIES = ("history", "active", "sid")
 
 
@@ -23,8 +25,10 @@ class Health:
     api_requests: Counter[tuple[str, str]] = field(default_factory=Counter)
     api_errors: Counter[tuple[str, str]] = field(default_factory=Counter)
     records: Counter[str] = field(default_factory=Counter)
+    # Each bad record and value once, however often it is read again (`bad_data_seen`).
     invalid_records: Counter[str] = field(default_factory=Counter)
     invalid_values: Counter[str] = field(default_factory=Counter)
+    bad_data_seen: Sightings = field(default_factory=Sightings)
     series_dropped: Counter[str] = field(default_factory=Counter)
     followups_abandoned: int = 0
     queries: dict[str, QueryStatus] = field(

@@ -231,10 +231,16 @@ class Poller:
         status.last_duration = self.clock.monotonic() - started
         status.last_records = result.raw_count
         self.health.records[kind] += result.raw_count
-        self.health.invalid_records.update(result.invalid)
-        self.health.invalid_values.update(result.bad_values)
+        # A record stays in reach for as long as a call lasts, plus the overlap re-read after.
+        seen = self.health.bad_data_seen
+        ttl = self.poll.max_call_seconds + self.poll.overlap_seconds + self.poll.interval_seconds
+        invalid = seen.first(result.invalid_keys, status.last_success, ttl)
+        self.health.invalid_records.update(invalid)
+        self.health.invalid_values.update(
+            seen.first(result.bad_value_keys, status.last_success, ttl)
+        )
         report.records[kind] += result.raw_count
-        report.invalid.update(result.invalid)
+        report.invalid.update(invalid)
         return result
 
     async def _poll_active(

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from leadflow_exporter.sightings import Sighting
 from leadflow_exporter.timeutil import CallDateParser
 
 Scalar = str | int | float | bool | None
@@ -158,6 +159,10 @@ class Page:
     size: int = 0
     invalid: Counter[str] = field(default_factory=Counter)
     bad_values: Counter[str] = field(default_factory=Counter)
+    # What each count is about, so a record read again is not counted again (`Sightings`):
+    # (reason, sid or content hash) per skipped record, (field, sid) per unreadable value.
+    invalid_keys: list[Sighting] = field(default_factory=list)
+    bad_value_keys: list[Sighting] = field(default_factory=list)
 
 
 _TRUE = frozenset({"y", "yes", "true", "1", "t"})
@@ -200,16 +205,22 @@ def _label(value: Scalar) -> str:
 class _Reader:
     """Per-record field readers that note unreadable values instead of failing."""
 
-    __slots__ = ("bad",)
+    __slots__ = ("bad", "keys", "sid")
 
-    def __init__(self, bad: Counter[str]) -> None:
+    def __init__(self, bad: Counter[str], keys: list[Sighting]) -> None:
         self.bad = bad
+        self.keys = keys
+        self.sid = ""  # the record being read
+
+    def note(self, name: str) -> None:
+        self.bad[name] += 1
+        self.keys.append((name, self.sid))
 
     def number(self, value: Scalar, name: str) -> float:
         if value is None:
             return 0.0
         if isinstance(value, bool):
-            self.bad[name] += 1
+            self.note(name)
             return 0.0
         if isinstance(value, int | float):
             return self._bounded(float(value), name)
@@ -223,7 +234,7 @@ class _Reader:
         try:
             number = float(text)
         except ValueError:
-            self.bad[name] += 1
+            self.note(name)
             return 0.0
         return self._bounded(-number if negative else number, name)
 
@@ -231,7 +242,7 @@ class _Reader:
         # NaN, infinities and absurd magnitudes read as unreadable: one such value must not
         # overflow the exact money sums and stop every later cycle at the same record.
         if not -MAX_ABS_VALUE <= number <= MAX_ABS_VALUE:
-            self.bad[name] += 1
+            self.note(name)
             return 0.0
         return number
 
@@ -240,7 +251,7 @@ class _Reader:
         if amount < 0 and name in _NON_NEGATIVE_MONEY:
             # A negative price would make a revenue or payout counter go down, which
             # Prometheus reads as a counter reset. Margins may be negative; prices not.
-            self.bad[name] += 1
+            self.note(name)
             return 0
         return round(amount * MONEY_SCALE)
 
@@ -255,7 +266,7 @@ class _Reader:
         if text in _TRUE:
             return True
         if text not in _FALSE:
-            self.bad[name] += 1
+            self.note(name)
         return False
 
 
@@ -269,12 +280,15 @@ def _convert(
     sid = raw.sid
     if isinstance(sid, bool) or sid is None or (isinstance(sid, str) and not sid.strip()):
         page.invalid["missing_sid"] += 1
+        page.invalid_keys.append(("missing_sid", unnamed_call_key(raw)))
         return
     sid_text = sid.strip() if isinstance(sid, str) else _label(sid)
     call_ts = dates.parse(raw.call_date)
     if call_ts is None:
         page.invalid["bad_call_date"] += 1
+        page.invalid_keys.append(("bad_call_date", sid_text))
         return
+    reader.sid = sid_text
     talk = reader.number(raw.talk_seconds, "talk_seconds")
     if raw.talk_seconds in (None, "") and raw.talk_minutes not in (None, ""):
         talk = reader.number(raw.talk_minutes, "talk_minutes") * 60.0
@@ -282,10 +296,10 @@ def _convert(
     if raw.total_seconds in (None, "") and raw.total_minutes not in (None, ""):
         total = reader.number(raw.total_minutes, "total_minutes") * 60.0
     if talk < 0:
-        reader.bad["talk_seconds"] += 1
+        reader.note("talk_seconds")
         talk = 0.0
     if total < 0:
-        reader.bad["total_seconds"] += 1
+        reader.note("total_seconds")
         total = 0.0
     offer_price = reader.money(raw.offer_price, "offer_price")
     affiliate_price = reader.money(raw.affiliate_price, "affiliate_price")
@@ -318,21 +332,37 @@ def _convert(
     )
 
 
-def _raw_records(body: bytes) -> tuple[list[RawRecord], int]:
-    """The page's records, and how many items in it could not be read as records at all."""
+def unnamed_call_key(raw: RawRecord) -> int:
+    """A key for a call record without a sid: the fields set when the call starts, which stay
+    the same while the live list shows it and once it has finished (a hash of the whole record
+    would change with its durations and status)."""
+    return hash((raw.call_date, raw.set_name, raw.affiliate, raw.phone_label, raw.lf_state))
+
+
+def content_key(item: object) -> int:
+    """A key for an item that is not a record at all: a hash of its content."""
+    try:
+        return hash(msgspec.json.encode(item))
+    except (TypeError, ValueError, OverflowError):
+        return hash(repr(item))
+
+
+def _raw_records(body: bytes) -> tuple[list[RawRecord], list[int]]:
+    """The page's records, and the content keys of the items in it that could not be read as
+    records at all."""
     try:
         decoded = _decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
         return _raw_records_one_by_one(body)
     if isinstance(decoded, list):
-        return decoded, 0
+        return decoded, []
     items = decoded.response if decoded.response is not None else decoded.data
     if items is None:
         raise EnvelopeError("JSON object without a 'response' or 'data' array")
-    return items, 0
+    return items, []
 
 
-def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], int]:
+def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], list[int]]:
     try:
         value: Any = _generic_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -354,12 +384,12 @@ def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], int]:
     if not isinstance(value, list):
         raise EnvelopeError(f"expected a JSON array of records, got {type(value).__name__}")
     records: list[RawRecord] = []
-    malformed = 0
+    malformed: list[int] = []
     for item in value:
         try:
             records.append(msgspec.convert(item, RawRecord))
         except msgspec.ValidationError:
-            malformed += 1
+            malformed.append(content_key(item))
     return records, malformed
 
 
@@ -451,15 +481,19 @@ def _convert_wire(
             parsed = _call_ts(call_date, dates, minutes)
             if parsed is None:
                 page.invalid["bad_call_date"] += 1
+                page.invalid_keys.append(("bad_call_date", sid))
                 continue
             call_ts = parsed
+        # A money string not in its cache may be unreadable, noted against the record's sid.
         value = raw.offer_price
         offer_price = price_get(value) if value is not None else 0
         if offer_price is None:
+            reader.sid = sid
             offer_price = _money_units(value, "offer_price", reader, _price_cache)
         value = raw.affiliate_price
         affiliate_price = price_get(value) if value is not None else 0
         if affiliate_price is None:
+            reader.sid = sid
             affiliate_price = _money_units(value, "affiliate_price", reader, _price_cache)
         value = raw.margin
         if value is None or value == "":
@@ -467,6 +501,7 @@ def _convert_wire(
         else:
             margin = margin_get(value)
             if margin is None:
+                reader.sid = sid
                 margin = _money_units(value, "margin", reader, _margin_cache)
         value = raw.lead_status
         status = status_get(value) if value is not None else "unknown"
@@ -509,7 +544,9 @@ def _decode_fast(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ..
         return None
     page = Page(size=len(wire))
     try:
-        _convert_wire(wire, dates, extra_labels, page, _Reader(page.bad_values))
+        _convert_wire(
+            wire, dates, extra_labels, page, _Reader(page.bad_values, page.bad_value_keys)
+        )
     except _NotWireForm:
         return None
     return page
@@ -518,10 +555,11 @@ def _decode_fast(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ..
 def _decode_tolerant(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ...]) -> Page:
     """The page read field by field: the reference `_decode_fast` must agree with."""
     raws, malformed = _raw_records(body)
-    page = Page(size=len(raws) + malformed)
+    page = Page(size=len(raws) + len(malformed))
     if malformed:
-        page.invalid["malformed"] += malformed
-    reader = _Reader(page.bad_values)
+        page.invalid["malformed"] += len(malformed)
+        page.invalid_keys.extend(("malformed", key) for key in malformed)
+    reader = _Reader(page.bad_values, page.bad_value_keys)
     for raw in raws:
         _convert(raw, dates, extra_labels, page, reader)
     return page

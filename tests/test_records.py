@@ -754,3 +754,33 @@ def test_pii_is_not_kept_on_the_record(dates: CallDateParser) -> None:
     text = repr(rec)
     for pii in ("3125550123", "Pat", "1 Main St", "60601", "example.invalid"):
         assert pii not in text
+
+
+# -- what each bad record and value is about (for counting each once) -----------------------------
+
+
+def test_unreadable_values_are_noted_against_their_calls_sid(dates: CallDateParser) -> None:
+    # Tolerant path (a value the documented form does not allow) and fast path alike.
+    tolerant = decode_page(body([record(sid="a", offer_price="x", talk_seconds="long")]), dates)
+    assert sorted(tolerant.bad_value_keys) == [("offer_price", "a"), ("talk_seconds", "a")]
+    fast_body = body([wire_record(sid="b"), wire_record(sid="c", affiliate_price="-1.00")])
+    assert _decode_fast(fast_body, dates, ()) is not None
+    assert decode_page(fast_body, dates).bad_value_keys == [("affiliate_price", "c")]
+    # Read again, the same keys: a money string's cache must not hide a later bad read's sid.
+    assert decode_page(fast_body, dates).bad_value_keys == [("affiliate_price", "c")]
+
+
+def test_skipped_records_keep_one_key_from_live_to_finished(dates: CallDateParser) -> None:
+    live = record(sid="", talk_seconds=10, total_seconds=20, lead_status=None)
+    done = record(sid="", talk_seconds=300, total_seconds=340, lead_status="Connected")
+    other = record(sid=None, call_date="2026-01-01 10:00:01")
+    bad_date = record(sid="d", call_date="yesterday")
+    pages = [decode_page(body(items), dates) for items in ([live, bad_date], [done, other, 42])]
+    assert [k for k, _ in pages[0].invalid_keys] == ["missing_sid", "bad_call_date"]
+    assert pages[0].invalid_keys[1] == ("bad_call_date", "d")
+    unnamed = [key for key in pages[1].invalid_keys if key[0] == "missing_sid"]
+    assert len(unnamed) == 2 and [k for k, _ in pages[1].invalid_keys].count("malformed") == 1
+    # The same call, live then finished: one key; another call: another key.
+    assert pages[0].invalid_keys[0] == unnamed[0]
+    assert unnamed[1] != unnamed[0]
+    assert pages[1].invalid == {"missing_sid": 2, "malformed": 1}

@@ -209,12 +209,14 @@ def _body(rng: random.Random) -> bytes:
     return json.dumps({"response": None, "data": items}).encode()
 
 
-def _summary(page: Page) -> tuple[int, list[Any], dict[str, int], dict[str, int]]:
+def _summary(page: Page) -> tuple[Any, ...]:
     return (
         page.size,
         page.records,
         {k: v for k, v in page.invalid.items() if v},
         {k: v for k, v in page.bad_values.items() if v},
+        sorted(page.invalid_keys, key=repr),
+        sorted(page.bad_value_keys, key=repr),
     )
 
 
