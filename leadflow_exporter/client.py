@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -103,11 +104,16 @@ class LeadFlowClient:
         self._rng = rng or random.Random()
         self._tz = zone(api.timezone)
         self._dates = CallDateParser(self._tz)
-        self._secrets = [
-            s.reveal()
-            for s in (api.access_key, api.secret_access_key, api.rate_limit_key)
-            if s.reveal()
-        ]
+        secrets = {
+            s.reveal() for s in (api.access_key, api.secret_access_key, api.rate_limit_key)
+        } - {""}
+        # One pass, longest first: replacing one key after another would also rewrite inside
+        # an earlier "<redacted>" whenever a key is a substring of it.
+        self._secrets = (
+            re.compile("|".join(map(re.escape, sorted(secrets, key=len, reverse=True))))
+            if secrets
+            else None
+        )
         self._headers = {
             "Authorization": f"{api.access_key.reveal()}:{api.secret_access_key.reveal()}",
             "x-api-key": api.rate_limit_key.reveal(),
@@ -342,6 +348,4 @@ class LeadFlowClient:
 
     def _scrub(self, text: str) -> str:
         """Remove any credential an error body or exception might echo back."""
-        for secret in self._secrets:
-            text = text.replace(secret, "<redacted>")
-        return text
+        return self._secrets.sub("<redacted>", text) if self._secrets else text

@@ -916,6 +916,22 @@ async def test_scrubbed_errors_still_say_what_went_wrong(
     )
 
 
+async def test_short_keys_are_scrubbed_in_one_pass(
+    make_client: Callable[..., LeadFlowClient], api: FakeApi
+) -> None:
+    # Keys that are substrings of "<redacted>" (and of each other) must not mangle it.
+    client = make_client(
+        access_key=Secret("a"), secret_access_key=Secret("ac"), rate_limit_key=Secret("d")
+    )
+    api.add(reply(401, body={"error": "keys a, ac and d; redacted"}))
+    with pytest.raises(QueryFailed) as failed:
+        await client.fetch(history(client))
+    assert failed.value.detail == (
+        "HTTP 401: keys <redacted>, <redacted> <redacted>n<redacted> <redacted>; "
+        "re<redacted><redacted>te<redacted>"
+    )
+
+
 async def test_retry_logs_carry_no_secret(client: LeadFlowClient, api: FakeApi) -> None:
     api.add(reply(503, raw=ECHO), reply(body=[]))
     with structlog.testing.capture_logs() as logs:
