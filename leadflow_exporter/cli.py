@@ -158,6 +158,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(f"state.path: {exc}", file=sys.stderr)
         return 1
     except OSError as exc:
+        if exc.filename is not None:
+            # A failed bind names no file: this came from elsewhere, and blaming the listen
+            # address for it would send the reader to the wrong key.
+            print(f"cannot start: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
+            return 1
         print(
             f"server.listen: cannot listen on {config.server.listen}: {exc.strerror}",
             file=sys.stderr,

@@ -40,8 +40,16 @@ CREATE TABLE IF NOT EXISTS followed (
 _MIGRATIONS: dict[int, str] = {}
 
 
+# SQLite's primary result codes for a file it may not open or write, as against a damaged one.
+_CANNOT_OPEN = frozenset({sqlite3.SQLITE_PERM, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN})
+
+
 class StateError(Exception):
     """The state file cannot be used; the daemon must not start from zero silently."""
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
 
 
 def lock_path_for(path: Path) -> Path:
@@ -73,14 +81,14 @@ def _lock_state_file(path: Path) -> int:
     try:
         fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
-        raise StateError(f"{lock_path}: cannot open the state lock file ({exc.strerror})") from None
+        raise StateError(f"{lock_path}: cannot open the state lock file ({_reason(exc)})") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         pid = _holder_pid(fd)
         os.close(fd)
         if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise StateError(f"{lock_path}: cannot lock the state file ({exc.strerror})") from None
+            raise StateError(f"{lock_path}: cannot lock the state file ({_reason(exc)})") from None
         holder = "" if pid is None else f" (pid {pid})"
         raise StateError(
             f"state file {path} is in use by another leadflow-exporter process{holder}; "
@@ -98,7 +106,19 @@ def _lock_state_file(path: Path) -> int:
 class SQLiteStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            # A StateError, not an OSError: the CLI takes a bare OSError for a bind failure.
+            # The error names the ancestor that failed, which may lie above the parent.
+            where = exc.filename or self.path.parent
+            # mkdir's own "File exists" would leave the reader wondering why that is a problem.
+            reason = (
+                "it exists but is not a directory"
+                if isinstance(exc, FileExistsError)
+                else _reason(exc)
+            )
+            raise StateError(f"cannot create directory {where}: {reason}") from None
         # The poller writes from a worker thread; close() must never run under a write.
         self._writing = threading.Lock()
         # Before the database is even opened: a second process must not touch the file at all.
@@ -115,17 +135,35 @@ class SQLiteStore:
             raise
 
     def _open(self) -> None:
-        fresh = not self.path.exists()
-        if fresh:
-            # Owner-only from the first byte: call ids and totals are commercial data.
-            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-            os.close(fd)
+        try:
+            fresh = self._create_or_check()
+        except OSError as exc:
+            raise StateError(f"{self.path}: cannot open the state file ({_reason(exc)})") from None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA busy_timeout=5000")
             self._prepare(fresh)
         except sqlite3.DatabaseError as exc:
+            if (getattr(exc, "sqlite_errorcode", 0) & 0xFF) in _CANNOT_OPEN:
+                raise StateError(f"{self.path}: cannot open the state file ({exc})") from None
             raise StateError(f"{self.path}: not a usable state file ({exc})") from None
+
+    def _create_or_check(self) -> bool:
+        """Create the file if it is missing; say whether it was.
+
+        An existing file is opened for writing once, and closed before SQLite opens it: SQLite
+        would fall back to read-only on a file it cannot write, and the daemon would start only
+        to fail at its first save.
+        """
+        try:
+            # Owner-only from the first byte: call ids and totals are commercial data.
+            fd = os.open(self.path, os.O_CREAT | os.O_RDWR | os.O_EXCL, 0o600)
+            fresh = True
+        except FileExistsError:
+            fd = os.open(self.path, os.O_RDWR)
+            fresh = False
+        os.close(fd)
+        return fresh
 
     def _prepare(self, fresh: bool) -> None:
         app_id = self._db.execute("PRAGMA application_id").fetchone()[0]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
+import socket
 import sqlite3
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -173,6 +176,134 @@ def test_the_daemon_refuses_to_start_on_a_bad_state_file(tmp_path: Path) -> None
     assert "not a usable state file" in done.stderr
     assert "Traceback" not in done.stderr
     assert state.read_bytes() == b"\x00garbage" * 1000
+
+
+def _modes_bind_this_process() -> bool:
+    # Root, unless stripped of CAP_DAC_OVERRIDE, writes where the mode says no.
+    with tempfile.TemporaryDirectory() as top:
+        locked = Path(top) / "locked"
+        locked.mkdir(mode=0o500)
+        try:
+            (locked / "probe").touch()
+        except PermissionError:
+            return True
+        finally:
+            locked.chmod(0o700)
+        return False
+
+
+modes_bind = pytest.mark.skipif(
+    not _modes_bind_this_process(), reason="this process may write where the mode says no"
+)
+
+
+def test_a_parent_that_is_a_file_is_refused_by_name(tmp_path: Path) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory\n")
+    with pytest.raises(StateError) as refused:
+        SQLiteStore(blocker / "state.db")
+    assert (
+        str(refused.value) == f"cannot create directory {blocker}: it exists but is not a directory"
+    )
+    # Deeper down, the error names the directory that could not be made, not the state file's.
+    with pytest.raises(StateError) as refused:
+        SQLiteStore(blocker / "sub" / "state.db")
+    assert str(refused.value) == f"cannot create directory {blocker / 'sub'}: Not a directory"
+    assert blocker.read_text() == "not a directory\n"
+
+
+def test_a_directory_that_cannot_be_made_is_refused(tmp_path: Path) -> None:
+    # Even root cannot make a directory in /proc: this fails the same way in CI, as root.
+    where = Path(f"/proc/leadflow-exporter-test-{os.getpid()}")
+    with pytest.raises(StateError, match=f"^cannot create directory {where}: "):
+        SQLiteStore(where / "state.db")
+
+
+def test_a_state_path_that_is_a_directory_is_refused_and_unlocked(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.mkdir()
+    for _ in range(2):
+        # The second time round proves the lock was let go, or it would say "in use".
+        with pytest.raises(StateError) as refused:
+            SQLiteStore(path)
+        assert str(refused.value) == f"{path}: cannot open the state file (Is a directory)"
+
+
+@modes_bind
+def test_an_unwritable_directory_is_refused(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    try:
+        with pytest.raises(StateError) as refused:
+            SQLiteStore(locked / "sub" / "state.db")
+        assert str(refused.value) == f"cannot create directory {locked / 'sub'}: Permission denied"
+        with pytest.raises(StateError, match=r"cannot open the state lock file \(Permission"):
+            SQLiteStore(locked / "state.db")
+    finally:
+        locked.chmod(0o700)
+
+
+@modes_bind
+def test_a_read_only_state_file_is_refused_at_start_not_at_the_first_save(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.db"
+    SQLiteStore(path).close()
+    path.chmod(0o400)
+    with pytest.raises(StateError) as refused:
+        SQLiteStore(path)
+    assert str(refused.value) == f"{path}: cannot open the state file (Permission denied)"
+
+
+@pytest.mark.e2e
+def test_the_cli_blames_state_path_not_the_listen_address(tmp_path: Path) -> None:
+    blocker = tmp_path / "data"
+    blocker.write_text("")
+    done = run_exporter(tmp_path, blocker / "state.db")
+    assert done.returncode == 1
+    assert done.stderr == (
+        f"state.path: cannot create directory {blocker}: it exists but is not a directory\n"
+    )
+
+
+@pytest.mark.e2e
+def test_the_cli_still_blames_the_listen_address_for_a_failed_bind(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.yaml"
+        config.write_text(
+            "api:\n  access_key: a\n  secret_access_key: b\n  rate_limit_key: c\n"
+            f"state:\n  path: {tmp_path / 'state.db'}\nserver:\n  listen: 127.0.0.1:{port}\n"
+        )
+        done = subprocess.run(
+            [sys.executable, "-m", "leadflow_exporter", "run", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    # After the daemon's own "stopped" log line.
+    last = done.stderr.splitlines()[-1]
+    assert last.startswith(f"server.listen: cannot listen on 127.0.0.1:{port}: "), done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_the_cli_blames_no_key_for_a_file_error_it_cannot_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from leadflow_exporter import cli, daemon
+
+    async def fails(*_: object) -> int:
+        raise PermissionError(errno.EACCES, "Permission denied", "/somewhere/else")
+
+    monkeypatch.setattr(daemon, "run_daemon", fails)
+    monkeypatch.setattr("leadflow_exporter.logsetup.configure_logging", lambda *_: None)
+    config = tmp_path / "config.yaml"
+    config.write_text("api:\n  access_key: a\n  secret_access_key: b\n  rate_limit_key: c\n")
+    assert cli.main(["run", "--config", str(config)]) == 1
+    assert capsys.readouterr().err == "cannot start: /somewhere/else: Permission denied\n"
 
 
 def test_newer_schema_is_refused(tmp_path: Path) -> None:

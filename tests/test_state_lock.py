@@ -141,6 +141,17 @@ def test_a_store_refused_for_its_file_lets_go_of_the_lock(tmp_path: Path) -> Non
     assert str(second.value) == str(first.value)
 
 
+def test_a_lock_file_that_cannot_be_opened_is_refused_by_name(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    lock_path_for(path).mkdir()
+    with pytest.raises(StateError) as refused:
+        SQLiteStore(path)
+    assert str(refused.value) == (
+        f"{lock_path_for(path)}: cannot open the state lock file (Is a directory)"
+    )
+    assert not path.exists()
+
+
 def test_no_state_path_means_no_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     config = Config(state=StateConfig(path=""))
