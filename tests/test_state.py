@@ -11,7 +11,6 @@ import sqlite3
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -178,25 +177,6 @@ def test_the_daemon_refuses_to_start_on_a_bad_state_file(tmp_path: Path) -> None
     assert state.read_bytes() == b"\x00garbage" * 1000
 
 
-def _modes_bind_this_process() -> bool:
-    # Root, unless stripped of CAP_DAC_OVERRIDE, writes where the mode says no.
-    with tempfile.TemporaryDirectory() as top:
-        locked = Path(top) / "locked"
-        locked.mkdir(mode=0o500)
-        try:
-            (locked / "probe").touch()
-        except PermissionError:
-            return True
-        finally:
-            locked.chmod(0o700)
-        return False
-
-
-modes_bind = pytest.mark.skipif(
-    not _modes_bind_this_process(), reason="this process may write where the mode says no"
-)
-
-
 def test_a_parent_that_is_a_file_is_refused_by_name(tmp_path: Path) -> None:
     blocker = tmp_path / "data"
     blocker.write_text("not a directory\n")
@@ -227,32 +207,6 @@ def test_a_state_path_that_is_a_directory_is_refused_and_unlocked(tmp_path: Path
         with pytest.raises(StateError) as refused:
             SQLiteStore(path)
         assert str(refused.value) == f"{path}: cannot open the state file (Is a directory)"
-
-
-@modes_bind
-def test_an_unwritable_directory_is_refused(tmp_path: Path) -> None:
-    locked = tmp_path / "locked"
-    locked.mkdir(mode=0o500)
-    try:
-        with pytest.raises(StateError) as refused:
-            SQLiteStore(locked / "sub" / "state.db")
-        assert str(refused.value) == f"cannot create directory {locked / 'sub'}: Permission denied"
-        with pytest.raises(StateError, match=r"cannot open the state lock file \(Permission"):
-            SQLiteStore(locked / "state.db")
-    finally:
-        locked.chmod(0o700)
-
-
-@modes_bind
-def test_a_read_only_state_file_is_refused_at_start_not_at_the_first_save(
-    tmp_path: Path,
-) -> None:
-    path = tmp_path / "state.db"
-    SQLiteStore(path).close()
-    path.chmod(0o400)
-    with pytest.raises(StateError) as refused:
-        SQLiteStore(path)
-    assert str(refused.value) == f"{path}: cannot open the state file (Permission denied)"
 
 
 @pytest.mark.e2e
