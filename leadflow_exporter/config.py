@@ -184,6 +184,10 @@ class _Problems:
     def add(self, path: str, message: str) -> None:
         self.items.append(f"{path}: {message}")
 
+    def has(self, *paths: str) -> bool:
+        """Whether a problem was reported on any of these exact key paths."""
+        return any(item.startswith(f"{path}: ") for item in self.items for path in paths)
+
 
 def _section(raw: Any, path: str, problems: _Problems, allowed: set[str]) -> dict[str, Any]:
     if raw is None:
@@ -330,6 +334,10 @@ def _read_secret(
         except OSError as exc:
             problems.add(f"api.{file_key}", f"cannot read {file_value}: {exc.strerror}")
             return Secret("")
+        except UnicodeDecodeError:
+            # Not the codec's message: it quotes the offending bytes, which are the secret's.
+            problems.add(f"api.{file_key}", f"{file_value}: not UTF-8 text")
+            return Secret("")
     if inline is None:
         return Secret("")
     if not isinstance(inline, str):
@@ -351,15 +359,35 @@ def _page_size(section: dict[str, Any], problems: _Problems, default: int) -> in
     return int(size)
 
 
+def _without_userinfo(url: str) -> str:
+    """`url` with any user:password replaced by a marker, fit to quote in a problem.
+
+    By pattern rather than `urlsplit`: the URLs quoted are the ones that did not parse.
+    """
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@", r"\1<secret>@", url)
+
+
 def _api(raw: Any, problems: _Problems, environ: Mapping[str, str], base_dir: Path) -> ApiConfig:
     secret_keys = set(SECRET_ENV) | {f"{k}_file" for k in SECRET_ENV}
     allowed = {f.name for f in fields(ApiConfig)} | secret_keys
     section = _section(raw, "api", problems, allowed)
     d = ApiConfig()
     base_url = _string(section, "base_url", "api", problems, d.base_url)
-    parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        problems.add("api.base_url", f"must be an http(s) URL, got {base_url!r}")
+    try:
+        parts = urlsplit(base_url)
+        netloc = parts.netloc if parts.scheme in ("http", "https") else ""
+    except ValueError:  # an unclosed "[" of an IPv6 address, say
+        netloc = ""
+    if not netloc:
+        problems.add("api.base_url", f"must be an http(s) URL, got {_without_userinfo(base_url)!r}")
+    elif "@" in netloc:
+        # The client sends the access keys as the Authorization header, which aiohttp refuses
+        # to combine with credentials in the URL: every request of every cycle would fail.
+        problems.add(
+            "api.base_url",
+            "must not carry user:password@ (the API authenticates with api.access_key and "
+            "api.secret_access_key)",
+        )
     timezone = _string(section, "timezone", "api", problems, d.timezone)
     try:
         zoneinfo.ZoneInfo(timezone)
@@ -560,11 +588,70 @@ def parse_config(
     )
     if require_credentials:
         for key, env_name in SECRET_ENV.items():
+            # A key whose value or file was refused is already reported: "required" on top
+            # would send the user looking for a missing setting that is there.
+            if problems.has(f"api.{key}", f"api.{key}_file"):
+                continue
             if not getattr(config.api, key):
                 problems.add(f"api.{key}", f"required: set it, api.{key}_file, or {env_name}")
     if problems.items:
         raise ConfigError(problems.items, source)
     return config
+
+
+def _duplicate_keys(node: yaml.Node) -> list[str]:
+    """Every key set twice in one mapping of the document, by key path, with both lines.
+
+    PyYAML keeps the last of two equal keys without a word: a second `poll:` block would drop
+    the first one's settings, and the config that runs would not be the one the file shows.
+    """
+    problems: list[str] = []
+    visited: set[int] = set()
+
+    def walk(node: yaml.Node, path: str) -> None:
+        # An alias is the node it names: each is checked once, and a recursive one ends.
+        if id(node) in visited:
+            return
+        visited.add(id(node))
+        if isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                walk(item, f"{path}[{i}]")
+        elif isinstance(node, yaml.MappingNode):
+            lines: dict[tuple[str, str], int] = {}
+            for key, value in node.value:
+                # A merge key ("<<") overrides what it merges on purpose; complex keys are
+                # left to the constructor, which refuses them.
+                if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                    continue
+                where = f"{path}.{key.value}" if path else key.value
+                line = key.start_mark.line + 1
+                first = lines.get((key.tag, key.value))
+                if first is None:
+                    lines[(key.tag, key.value)] = line
+                else:
+                    problems.append(
+                        f"{where}: duplicate key on line {line} (first set on line {first}); "
+                        "set each key once"
+                    )
+                walk(value, where)
+
+    walk(node, "")
+    return problems
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """`yaml.safe_load`, refusing duplicate keys (before anything is built from them)."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        duplicates = _duplicate_keys(node)
+        if duplicates:
+            raise ConfigError(duplicates, source)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def load_config(
@@ -579,8 +666,12 @@ def load_config(
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"(file): cannot read: {exc.strerror}"], str(path)) from None
+    except UnicodeDecodeError as exc:
+        # By line, not the codec's message: that quotes the bytes, which may be a secret's.
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError([f"(file): not UTF-8 text (line {line})"], str(path)) from None
     try:
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text, str(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(file)"

@@ -25,7 +25,7 @@ from leadflow_exporter.clock import Clock, SystemClock
 from leadflow_exporter.collector import HealthCollector, LedgerCollector
 from leadflow_exporter.config import Config, ConfigError, load_config
 from leadflow_exporter.exposition import Exposition
-from leadflow_exporter.health import Health
+from leadflow_exporter.health import Health, QueryStatus
 from leadflow_exporter.ledger import EXPIRY_MARGIN_SECONDS, Ledger, MemoryStore, Store
 from leadflow_exporter.logsetup import configure_logging
 from leadflow_exporter.poller import Poller
@@ -103,6 +103,7 @@ class Daemon:
             else None
         )
         self._reload_lock = asyncio.Lock()
+        self._reload_tasks: set[asyncio.Task[tuple[bool, str]]] = set()
         self._stopping = False
         self._render_lock = asyncio.Lock()
         self.port: int | None = None
@@ -219,6 +220,22 @@ class Daemon:
 
     # -- reload ----------------------------------------------------------------------------
 
+    def reload_in_background(self) -> None:
+        """A reload for SIGHUP: nobody awaits it, so its task is kept and its end looked at."""
+        task = asyncio.create_task(self.reload(), name="reload")
+        self._reload_tasks.add(task)
+        task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, task: asyncio.Task[tuple[bool, str]]) -> None:
+        self._reload_tasks.discard(task)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            # `reload` reports its own failures; this is the last resort against asyncio's
+            # unstructured "Task exception was never retrieved" at exit.
+            log.error("reload_failed", exc_info=error)
+
     async def reload(self) -> tuple[bool, str]:
         """Re-read the config file; a bad one is refused and the running one kept."""
         async with self._reload_lock:
@@ -227,45 +244,74 @@ class Daemon:
             if self.config_path is None:
                 return False, "no config file to reload"
             try:
-                new = await asyncio.to_thread(load_config, self.config_path, environ=self.environ)
-            except ConfigError as exc:
-                self.health.config_reload_ok = False
-                self.exposition.forget_responses()
-                log.error("reload_refused", problems=exc.problems)
-                return False, "config refused: " + "; ".join(exc.problems)
-            old = self.config
-            changed = [
-                f"{section}.{key}"
-                for section, key in RESTART_ONLY
-                if getattr(getattr(new, section), key) != getattr(getattr(old, section), key)
-            ]
-            if changed:
-                self.health.config_reload_ok = False
-                self.exposition.forget_responses()
-                message = "config refused: changing " + ", ".join(changed) + " needs a restart"
-                log.error("reload_refused", changed=changed)
-                return False, message
-            if self.web_config is not None:
-                self.web_config.maybe_reload(force=True)
-            await self._stop_poller()
-            self.config = new
-            configure_logging(new.logging.level, new.logging.format)
-            self.budget.per_minute = new.api.requests_per_minute
-            self.ledger.max_series = new.metrics.max_series_per_metric
-            # A longer retention only applies going forward: the ledger's dedup floor keeps
-            # windows away from sids that were already expired.
-            self.ledger.retention_seconds = (
-                new.poll.overlap_seconds + new.poll.max_call_seconds + EXPIRY_MARGIN_SECONDS
-            )
-            self.collector.interval_seconds = new.poll.interval_seconds
-            self._server_state.config_view = new.redacted
-            self.health.config_reload_ok = True
-            self.exposition.forget_responses()
-            self.health.config_reload_time = self.clock.now()
-            self._start_poller()
-            await self._render()
-            log.info("reloaded")
-            return True, "config reloaded"
+                return await self._reload(self.config_path)
+            except Exception as exc:
+                # A bug met while reloading must not answer /-/reload with a 500 and a bare
+                # traceback, nor leave the reload metric at 1 or the exporter without a poller.
+                self._refused()
+                log.exception("reload_failed")
+                if self._poll_task is None and self._session is not None and not self._stopping:
+                    self._start_poller()
+                return False, f"reload failed: internal error ({type(exc).__name__}), see the log"
+
+    def _refused(self) -> None:
+        self.health.config_reload_ok = False
+        # The reload metric must show the refusal at once, not from a kept response.
+        self.exposition.forget_responses()
+
+    async def _reload(self, config_path: Path) -> tuple[bool, str]:
+        try:
+            new = await asyncio.to_thread(load_config, config_path, environ=self.environ)
+        except ConfigError as exc:
+            self._refused()
+            log.error("reload_refused", problems=exc.problems)
+            return False, "config refused: " + "; ".join(exc.problems)
+        old = self.config
+        changed = [
+            f"{section}.{key}"
+            for section, key in RESTART_ONLY
+            if getattr(getattr(new, section), key) != getattr(getattr(old, section), key)
+        ]
+        if changed:
+            self._refused()
+            message = "config refused: changing " + ", ".join(changed) + " needs a restart"
+            log.error("reload_refused", changed=changed)
+            return False, message
+        if self.web_config is not None:
+            self.web_config.maybe_reload(force=True)
+        await self._stop_poller()
+        self.config = new
+        configure_logging(new.logging.level, new.logging.format)
+        self.budget.per_minute = new.api.requests_per_minute
+        self.ledger.max_series = new.metrics.max_series_per_metric
+        # A longer retention only applies going forward: the ledger's dedup floor keeps
+        # windows away from sids that were already expired.
+        self.ledger.retention_seconds = (
+            new.poll.overlap_seconds + new.poll.max_call_seconds + EXPIRY_MARGIN_SECONDS
+        )
+        self.collector.interval_seconds = new.poll.interval_seconds
+        self._server_state.config_view = new.redacted
+        if not new.poll.active:
+            self._forget_active()
+        self.health.config_reload_ok = True
+        self.exposition.forget_responses()
+        self.health.config_reload_time = self.clock.now()
+        self._start_poller()
+        await self._render()
+        log.info("reloaded")
+        return True, "config reloaded"
+
+    def _forget_active(self) -> None:
+        """Show what a start with `poll.active: false` shows: no live-call figures.
+
+        Once the live list is no longer polled, its last counts and its last success would
+        stay as they were, and an alert on a stale `last_success` would fire until a restart.
+        The followed calls stay: they are counting state, not a report (and kept in the state
+        file, so a restart shows them too). History windows count those that end within their
+        reach as before; turning `active` back on follows up the rest, by sid if need be.
+        """
+        self.ledger.active = {}
+        self.health.queries["active"] = QueryStatus()
 
 
 async def run_daemon(config: Config, config_path: Path | None) -> int:
@@ -275,7 +321,7 @@ async def run_daemon(config: Config, config_path: Path | None) -> int:
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(daemon.reload()))
+    loop.add_signal_handler(signal.SIGHUP, daemon.reload_in_background)
     try:
         await daemon.start()
         await stop.wait()

@@ -113,6 +113,11 @@ BAD = {
         "must be an http(s) URL, got 'ftp://dialogtechapis.com/report'",
     ),
     "base-url-empty": ("api.base_url", "must be an http(s) URL, got ''"),
+    "base-url-credentials": (
+        "api.base_url",
+        "must not carry user:password@ (the API authenticates with api.access_key and "
+        "api.secret_access_key)",
+    ),
     # server
     "listen-no-port": ("server.listen", "must be HOST:PORT, got 'localhost'"),
     "listen-port-out-of-range": ("server.listen", "port must be 0-65535, got ':70000'"),
@@ -156,6 +161,17 @@ BAD = {
     ),
     "secret-file-not-string": ("api.rate_limit_key_file", "must be a path, got list"),
     "secret-not-string": ("api.rate_limit_key", "must be a string, got int"),
+    "secret-file-not-utf8": ("api.rate_limit_key_file", "secrets/latin1: not UTF-8 text"),
+    # the file itself
+    "not-utf8": ("(file)", "not UTF-8 text (line 3)"),
+    "duplicate-section": (
+        "poll",
+        "duplicate key on line 7 (first set on line 2); set each key once",
+    ),
+    "duplicate-key": (
+        "poll.active",
+        "duplicate key on line 5 (first set on line 3); set each key once",
+    ),
     # YAML syntax: line and column instead of a key path
     "invalid-yaml": ("line 6, column 1", "found unexpected end of stream"),
     "invalid-indent": (
@@ -942,3 +958,175 @@ def test_default_poll_schedule_is_valid_and_reads_the_whole_overlap_every_ten_mi
     assert poll.overlap_seconds >= poll.interval_seconds
     # full_overlap_every counts cycles: at the default interval it is a full read every 10 min.
     assert poll.full_overlap_every * poll.interval_seconds == 600.0
+
+
+# -- files that are not UTF-8, URLs with credentials, duplicate keys, one problem per key -------
+
+
+def test_config_file_not_utf8_never_quotes_its_bytes(tmp_path: Path) -> None:
+    config_file = tmp_path / "c.yml"
+    config_file.write_bytes(b'api:\n  access_key: "k\xe9y-' + SECRET_VALUE.encode() + b'"\n')
+    problems = problems_of(config_file)
+    assert problems == ["(file): not UTF-8 text (line 2)"]
+    assert "xe9" not in problems[0] and SECRET_VALUE not in problems[0]
+
+
+@pytest.mark.parametrize("key", SECRET_KEYS)
+def test_secret_file_not_utf8_names_its_key_and_never_its_bytes(key: str, tmp_path: Path) -> None:
+    (tmp_path / "secret").write_bytes(SECRET_VALUE.encode() + b"\xff\n")
+    config_file = tmp_path / "c.yml"
+    config_file.write_text(yaml.safe_dump({"api": {f"{key}_file": "secret"}}))
+    with pytest.raises(ConfigError) as info:
+        load_config(config_file, environ={})
+    assert info.value.problems[0] == f"api.{key}_file: secret: not UTF-8 text"
+    assert SECRET_VALUE not in str(info.value)
+
+
+@pytest.mark.usefixtures("no_env")
+@pytest.mark.parametrize("name", ["not-utf8", "secret-file-not-utf8"])
+def test_run_refuses_a_file_that_is_not_utf8_without_a_traceback(
+    name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = TESTDATA / f"{name}.bad.yml"
+    assert cli.main(["run", "--config", str(path)]) == 1
+    _, err = capsys.readouterr()
+    key, message = BAD[name]
+    assert f"  {key}: {message}\n" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hunter2-pw@dialogtechapis.com/report",
+        "https://user@dialogtechapis.com/report",
+        "https://:hunter2-pw@dialogtechapis.com:443/report",
+        "http://@127.0.0.1:8080/report",
+    ],
+)
+def test_base_url_with_user_info_is_refused_without_echoing_it(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"api": {"base_url": url}}, environ={}, require_credentials=False)
+    assert [key_path(p) for p in info.value.problems] == ["api.base_url"]
+    assert "user:password" in info.value.problems[0]
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("ftp://user:hunter2-pw@example.com/report", "ftp://<secret>@example.com/report"),
+        ("user:hunter2-pw@example.com/report", "<secret>@example.com/report"),
+        ("http://user:hunter2-pw@[::1/report", "http://<secret>@[::1/report"),
+        ("http://[::1/report", "http://[::1/report"),
+    ],
+)
+def test_a_base_url_that_does_not_parse_is_refused_without_its_password(
+    url: str, shown: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"api": {"base_url": url}}, environ={}, require_credentials=False)
+    assert info.value.problems == [f"api.base_url: must be an http(s) URL, got {shown!r}"]
+    assert "hunter2" not in str(info.value)
+
+
+def test_at_sign_outside_the_host_part_of_base_url_is_fine() -> None:
+    url = "https://gateway.example.com/report/v1/leadflow/v2/history?team=ops@example.com"
+    config = parse_config({"api": {"base_url": url}}, environ={}, require_credentials=False)
+    assert config.api.base_url == url
+
+
+def _refused_secret(kind: str, key: str, tmp_path: Path) -> dict[str, object]:
+    if kind == "missing file":
+        return {f"{key}_file": "no-such-file"}
+    if kind == "directory":
+        (tmp_path / "dir").mkdir()
+        return {f"{key}_file": "dir"}
+    if kind == "not utf-8":
+        (tmp_path / "latin1").write_bytes(b"cl\xe9\n")
+        return {f"{key}_file": "latin1"}
+    if kind == "not a path":
+        return {f"{key}_file": 42}
+    if kind == "inline and file":
+        (tmp_path / "s").write_text("from-file")
+        return {key: "inline", f"{key}_file": "s"}
+    if kind == "not a string":
+        return {key: 42}
+    assert kind == "line break"
+    return {key: "line-one\nline-two"}
+
+
+@pytest.mark.parametrize("key", SECRET_KEYS)
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "missing file",
+        "directory",
+        "not utf-8",
+        "not a path",
+        "inline and file",
+        "not a string",
+        "line break",
+    ],
+)
+def test_a_refused_secret_is_not_also_reported_missing(kind: str, key: str, tmp_path: Path) -> None:
+    api: dict[str, object] = dict(INLINE_SECRETS)
+    del api[key]
+    api.update(_refused_secret(kind, key, tmp_path))
+    config_file = tmp_path / "c.yml"
+    config_file.write_text(yaml.safe_dump({"api": api}))
+    problems = problems_of(config_file, require_credentials=True)
+    assert len(problems) == 1, problems
+    assert key_path(problems[0]) in (f"api.{key}", f"api.{key}_file")
+    assert "required" not in problems[0]
+
+
+@pytest.mark.parametrize(
+    ("text", "problems"),
+    [
+        (
+            "logging: {level: info, level: debug}\n",
+            ["logging.level: duplicate key on line 1 (first set on line 1); set each key once"],
+        ),
+        (
+            "api:\n  timezone: UTC\npoll: {}\napi: {}\nlogging: {}\npoll: {}\n",
+            [
+                "api: duplicate key on line 4 (first set on line 1); set each key once",
+                "poll: duplicate key on line 6 (first set on line 3); set each key once",
+            ],
+        ),
+        (
+            "metrics:\n  extra_labels:\n    - {a: 1, a: 2}\n",
+            [
+                "metrics.extra_labels[0].a: duplicate key on line 3 (first set on line 3); "
+                "set each key once"
+            ],
+        ),
+        (
+            "'poll':\n  active: true\n\"poll\":\n  active: false\n",
+            ["poll: duplicate key on line 3 (first set on line 1); set each key once"],
+        ),
+    ],
+)
+def test_duplicate_keys_are_refused_with_path_and_lines(
+    tmp_path: Path, text: str, problems: list[str]
+) -> None:
+    config_file = tmp_path / "c.yml"
+    config_file.write_text(text)
+    assert problems_of(config_file) == problems
+
+
+def test_the_same_key_in_different_mappings_anchors_and_merge_keys_are_fine(
+    tmp_path: Path,
+) -> None:
+    config_file = tmp_path / "c.yml"
+    config_file.write_text(
+        "poll: &poll\n  interval_seconds: 10\n  active: false\n"
+        "server:\n  listen: 127.0.0.1:0\n"
+        "logging:\n  level: debug\n"
+        "metrics:\n  <<: {max_series_per_metric: 10}\n  max_series_per_metric: 20\n"
+    )
+    config = load_config(config_file, environ={}, require_credentials=False)
+    assert config.poll.interval_seconds == 10
+    assert config.poll.active is False
+    assert config.metrics.max_series_per_metric == 20
