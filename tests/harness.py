@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import yaml
 from aiohttp.test_utils import TestServer
 
 from leadflow_exporter.client import LeadFlowClient
@@ -126,3 +128,38 @@ def run_exporter(tmp_path: Path, state: Path) -> subprocess.CompletedProcess[str
         text=True,
         timeout=60,
     )
+
+
+def write_daemon_config(path: Path, base_url: str, **sections: dict[str, Any]) -> Path:
+    """A config for an in-process daemon polling ``base_url`` fast; ``sections`` update it,
+    and a key set to None is left out."""
+    config: dict[str, Any] = {
+        "api": {
+            "base_url": base_url,
+            "access_key": DEFAULT_CREDENTIALS.access_key,
+            "secret_access_key": DEFAULT_CREDENTIALS.secret_access_key,
+            "rate_limit_key": DEFAULT_CREDENTIALS.rate_limit_key,
+            "requests_per_minute": 6000,
+            "timeout_seconds": 5,
+        },
+        "poll": {"interval_seconds": 0.2, "overlap_seconds": 900},
+        "state": {"path": ""},
+        "server": {"listen": "127.0.0.1:0"},
+        "logging": {"level": "warning"},
+    }
+    for name, values in sections.items():
+        section = config.setdefault(name, {})
+        section.update(values)
+        for key in [k for k, v in section.items() if v is None]:
+            del section[key]
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+async def wait_for(predicate: Any, limit: float = 15.0) -> None:
+    """Until the async ``predicate`` holds; AssertionError after ``limit`` seconds."""
+    deadline = asyncio.get_running_loop().time() + limit
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.05)

@@ -25,38 +25,21 @@ import leadflow_exporter.daemon as daemon_module
 from leadflow_exporter.config import load_config
 from leadflow_exporter.daemon import Daemon
 from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, start_simulator
+from tests.harness import wait_for, write_daemon_config
 
 RELOAD_OK = "leadflow_exporter_config_last_reload_successful"
 
 
 def write_config(path: Path, base_url: str, **sections: dict[str, Any]) -> Path:
-    config: dict[str, Any] = {
-        "api": {
-            "base_url": base_url,
-            "access_key_file": "access",
-            "secret_access_key": DEFAULT_CREDENTIALS.secret_access_key,
-            "rate_limit_key": DEFAULT_CREDENTIALS.rate_limit_key,
-            "requests_per_minute": 6000,
-            "timeout_seconds": 5,
-        },
-        "poll": {"interval_seconds": 0.2, "overlap_seconds": 900},
-        "state": {"path": ""},
-        "server": {"listen": "127.0.0.1:0", "reload_enabled": True},
-        "logging": {"level": "warning"},
+    # The access key from a file, so that a reload can meet a bad one.
+    (path.parent / "access").write_text(DEFAULT_CREDENTIALS.access_key + "\n")
+    merged: dict[str, dict[str, Any]] = {
+        "api": {"access_key": None, "access_key_file": "access"},
+        "server": {"reload_enabled": True},
     }
     for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    (path.parent / "access").write_text(DEFAULT_CREDENTIALS.access_key + "\n")
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-async def wait_for(predicate: Any, limit: float = 15.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+        merged.setdefault(name, {}).update(values)
+    return write_daemon_config(path, base_url, **merged)
 
 
 class Running:

@@ -21,37 +21,13 @@ from leadflow_exporter.collector import METRIC_NAMES
 from leadflow_exporter.config import load_config
 from leadflow_exporter.daemon import Daemon
 from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, start_simulator
+from tests.harness import wait_for, write_daemon_config
 
 ACCESS = "AKIA-distinctive-access-7731"
 
 
 def write_config(path: Path, sim_url: str, **sections: dict[str, Any]) -> Path:
-    config: dict[str, Any] = {
-        "api": {
-            "base_url": sim_url + HISTORY_PATH,
-            "access_key": DEFAULT_CREDENTIALS.access_key,
-            "secret_access_key": DEFAULT_CREDENTIALS.secret_access_key,
-            "rate_limit_key": DEFAULT_CREDENTIALS.rate_limit_key,
-            "requests_per_minute": 6000,
-            "timeout_seconds": 5,
-        },
-        "poll": {"interval_seconds": 0.2, "overlap_seconds": 900},
-        "state": {"path": ""},
-        "server": {"listen": "127.0.0.1:0"},
-        "logging": {"level": "warning"},
-    }
-    for name, values in sections.items():
-        config.setdefault(name, {}).update(values)
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-async def wait_for(predicate: Any, limit: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + limit
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(0.05)
+    return write_daemon_config(path, sim_url + HISTORY_PATH, **sections)
 
 
 class Running:
