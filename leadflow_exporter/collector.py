@@ -246,7 +246,7 @@ class HealthCollector(Collector):
         yield invalid
         values = CounterMetricFamily(
             "leadflow_exporter_invalid_values",
-            "Unreadable field values, read as zero, once per call; the call itself was counted.",
+            "Unreadable values in call records, read as zero, once per call and field.",
             labels=["field"],
         )
         for name, count in sorted(health.invalid_values.items()):

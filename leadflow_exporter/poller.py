@@ -193,6 +193,15 @@ class Poller:
         health.last_cycle_error = "; ".join(report.errors)
         if report.ok:
             health.ready = True
+            # A bad record stays within reach of the reads for as long as a call lasts, plus
+            # the overlap and the full read's period after it ends (as in `_prune`).
+            poll = self.poll
+            health.bad_data_seen.cycle_done(
+                math.ceil((poll.max_call_seconds + poll.overlap_seconds) / poll.interval_seconds)
+                + self.full_every
+                + CHEAP_WINDOW_INTERVALS
+                + 2
+            )
         log.info(
             "poll_cycle",
             ok=report.ok,
@@ -231,14 +240,10 @@ class Poller:
         status.last_duration = self.clock.monotonic() - started
         status.last_records = result.raw_count
         self.health.records[kind] += result.raw_count
-        # A record stays in reach for as long as a call lasts, plus the overlap re-read after.
         seen = self.health.bad_data_seen
-        ttl = self.poll.max_call_seconds + self.poll.overlap_seconds + self.poll.interval_seconds
-        invalid = seen.first(result.invalid_keys, status.last_success, ttl)
+        invalid = seen.first(result.invalid_keys)
         self.health.invalid_records.update(invalid)
-        self.health.invalid_values.update(
-            seen.first(result.bad_value_keys, status.last_success, ttl)
-        )
+        self.health.invalid_values.update(seen.first(result.bad_value_keys))
         report.records[kind] += result.raw_count
         report.invalid.update(invalid)
         return result

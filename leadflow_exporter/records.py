@@ -11,7 +11,9 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -280,7 +282,7 @@ def _convert(
     sid = raw.sid
     if isinstance(sid, bool) or sid is None or (isinstance(sid, str) and not sid.strip()):
         page.invalid["missing_sid"] += 1
-        page.invalid_keys.append(("missing_sid", unnamed_call_key(raw)))
+        page.invalid_keys.append(("missing_sid", unnamed_call_key(partial(getattr, raw), dates)))
         return
     sid_text = sid.strip() if isinstance(sid, str) else _label(sid)
     call_ts = dates.parse(raw.call_date)
@@ -332,24 +334,39 @@ def _convert(
     )
 
 
-def unnamed_call_key(raw: RawRecord) -> int:
+_FIXED_AT_START = ("call_date", "set_name", "affiliate", "phone_label", "lf_state")
+
+
+def unnamed_call_key(field_of: Callable[[str], object], dates: CallDateParser) -> Hashable:
     """A key for a call record without a sid: the fields set when the call starts, which stay
-    the same while the live list shows it and once it has finished (a hash of the whole record
-    would change with its durations and status)."""
-    return hash((raw.call_date, raw.set_name, raw.affiliate, raw.phone_label, raw.lf_state))
+    the same while the live list shows it and once it has finished (its durations and status
+    change). Without a readable start time nothing tells such records apart, and merging them
+    would hide how many there are: each then gets a key of its own, counted at every read."""
+    if dates.parse(field_of("call_date")) is None:
+        return object()
+    values = (field_of(name) for name in _FIXED_AT_START[1:])
+    return (field_of("call_date"), *(v if _is_scalar(v) else repr(v) for v in values))
 
 
-def content_key(item: object) -> int:
-    """A key for an item that is not a record at all: a hash of its content."""
-    try:
-        return hash(msgspec.json.encode(item))
-    except (TypeError, ValueError, OverflowError):
-        return hash(repr(item))
+def malformed_key(item: object, dates: CallDateParser) -> Hashable:
+    """A key for an item that is not a readable record: its sid when it has one, else the
+    fields set when the call starts, as for a record without a sid."""
+    if not isinstance(item, dict):
+        return object()
+    sid = item.get("sid")
+    if isinstance(sid, str) and sid.strip():
+        return sid.strip()
+    if isinstance(sid, int) and not isinstance(sid, bool):
+        return str(sid)
+    return unnamed_call_key(item.get, dates)
 
 
-def _raw_records(body: bytes) -> tuple[list[RawRecord], list[int]]:
-    """The page's records, and the content keys of the items in it that could not be read as
-    records at all."""
+def _is_scalar(value: object) -> bool:
+    return value is None or isinstance(value, str | int | float)
+
+
+def _raw_records(body: bytes) -> tuple[list[RawRecord], list[object]]:
+    """The page's records, and the items in it that could not be read as records at all."""
     try:
         decoded = _decoder.decode(body)
     except (msgspec.ValidationError, msgspec.DecodeError):
@@ -362,7 +379,7 @@ def _raw_records(body: bytes) -> tuple[list[RawRecord], list[int]]:
     return items, []
 
 
-def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], list[int]]:
+def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], list[object]]:
     try:
         value: Any = _generic_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -384,12 +401,12 @@ def _raw_records_one_by_one(body: bytes) -> tuple[list[RawRecord], list[int]]:
     if not isinstance(value, list):
         raise EnvelopeError(f"expected a JSON array of records, got {type(value).__name__}")
     records: list[RawRecord] = []
-    malformed: list[int] = []
+    malformed: list[object] = []
     for item in value:
         try:
             records.append(msgspec.convert(item, RawRecord))
         except msgspec.ValidationError:
-            malformed.append(content_key(item))
+            malformed.append(item)
     return records, malformed
 
 
@@ -558,7 +575,7 @@ def _decode_tolerant(body: bytes, dates: CallDateParser, extra_labels: tuple[str
     page = Page(size=len(raws) + len(malformed))
     if malformed:
         page.invalid["malformed"] += len(malformed)
-        page.invalid_keys.extend(("malformed", key) for key in malformed)
+        page.invalid_keys.extend(("malformed", malformed_key(item, dates)) for item in malformed)
     reader = _Reader(page.bad_values, page.bad_value_keys)
     for raw in raws:
         _convert(raw, dates, extra_labels, page, reader)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections import Counter
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,6 +16,7 @@ from leadflow_exporter.config import PollConfig
 from leadflow_exporter.ledger import MemoryStore
 from leadflow_exporter.poller import CHEAP_WINDOW_INTERVALS
 from leadflow_exporter.records import CallRecord, sid_key
+from leadflow_exporter.sightings import Sighting, Sightings
 from leadflow_exporter.simulator.call import MALFORMED_BAD_DATE, MALFORMED_NO_SID
 from leadflow_exporter.state import SQLiteStore
 from tests.harness import harness
@@ -423,3 +426,51 @@ async def test_the_commit_writes_off_the_event_loop_and_a_stop_mid_write_still_a
         with pytest.raises(asyncio.CancelledError):
             await task
         assert store.written[-1] == h.ledger.watermark != before
+
+
+class _CountingSightings(Sightings):
+    """Sightings that also note how often each key was counted as new."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counted: Counter[Sighting] = Counter()
+
+    def first(self, sightings: Iterable[Sighting]) -> Counter[str]:
+        sightings = list(sightings)
+        known = {s for s in sightings if s in self._last_seen}
+        for s in dict.fromkeys(sightings):
+            if s not in known:
+                self.counted[s] += 1
+        return super().first(sightings)
+
+
+@pytest.mark.parametrize(
+    ("max_call", "full_every", "outage_minutes"),
+    [
+        (3600, 10, 80),  # an outage longer than a call may last, then the catch-up
+        (1200, 40, 0),  # full reads further apart than a call may last
+    ],
+)
+async def test_bad_records_are_counted_once_across_outages_and_full_reads(
+    max_call: int, full_every: int, outage_minutes: int
+) -> None:
+    poll = PollConfig(
+        interval_seconds=60,
+        overlap_seconds=900,
+        max_call_seconds=max_call,
+        full_overlap_every=full_every,
+    )
+    async with harness(BUSY, poll=poll, sim={"scenario": "messy-data", "volume": 2.0}) as h:
+        seen = h.health.bad_data_seen = _CountingSightings()
+        await h.cycle()
+        await h.run_for(3600)
+        h.sim.set_scenario("api-outage")
+        for _ in range(outage_minutes):
+            await h.cycle(60)
+        h.sim.set_scenario("messy-data")
+        await h.run_for(7200)
+        await h.settle()
+        # Keys of records without an identity are new at every read by design; leave them out.
+        counted = {k: n for k, n in seen.counted.items() if type(k[1]) is not object}
+        assert len(counted) > 20
+        assert {k: n for k, n in counted.items() if n > 1} == {}

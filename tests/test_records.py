@@ -784,3 +784,20 @@ def test_skipped_records_keep_one_key_from_live_to_finished(dates: CallDateParse
     assert pages[0].invalid_keys[0] == unnamed[0]
     assert unnamed[1] != unnamed[0]
     assert pages[1].invalid == {"missing_sid": 2, "malformed": 1}
+
+
+def test_records_that_nothing_identifies_are_not_merged(dates: CallDateParser) -> None:
+    # No sid and no readable start: fifty such records are fifty, not one.
+    items = [record(sid=None, call_date=date) for date in (None, "", "0000-00-00 00:00:00") * 50]
+    page = decode_page(body(items), dates)
+    assert len(set(page.invalid_keys)) == 150
+
+
+def test_a_malformed_record_keeps_its_sid_as_key_while_live(dates: CallDateParser) -> None:
+    # Not a readable record (an object where a scalar belongs), read live and then finished.
+    live = record(sid=" S1 ", set_name={"id": 7}, talk_seconds=10)
+    done = record(sid="S1", set_name={"id": 7}, talk_seconds=300, lead_status="Connected")
+    unnamed = record(sid=None, set_name={"id": 7})
+    keys = [decode_page(body([item, unnamed]), dates).invalid_keys for item in (live, done)]
+    assert keys[0][0] == keys[1][0] == ("malformed", "S1")
+    assert keys[0][1] == keys[1][1] != keys[0][0]  # the fields set at the start, as a key

@@ -215,7 +215,8 @@ def _summary(page: Page) -> tuple[Any, ...]:
         page.records,
         {k: v for k, v in page.invalid.items() if v},
         {k: v for k, v in page.bad_values.items() if v},
-        sorted(page.invalid_keys, key=repr),
+        # A record nothing identifies gets a key of its own (a bare object) on every read.
+        sorted(((r, "<own>" if type(k) is object else k) for r, k in page.invalid_keys), key=repr),
         sorted(page.bad_value_keys, key=repr),
     )
 
