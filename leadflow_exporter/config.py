@@ -360,11 +360,15 @@ def _page_size(section: dict[str, Any], problems: _Problems, default: int) -> in
 
 
 def _without_userinfo(url: str) -> str:
-    """`url` with any user:password replaced by a marker, fit to quote in a problem.
+    """`url` fit to quote in a problem: everything up to its last "@" replaced by a marker.
 
-    By pattern rather than `urlsplit`: the URLs quoted are the ones that did not parse.
+    The URLs quoted are the ones that did not parse, so where a user:password ends cannot be
+    told from their structure ("http:/u:pw@h", a "/" in a password): none of it is shown.
     """
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://)?[^/?#]*@", r"\1<secret>@", url)
+    if "@" not in url:
+        return url
+    scheme = re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url)
+    return (scheme.group(0) if scheme else "") + "<secret>@" + url.rpartition("@")[2]
 
 
 def _api(raw: Any, problems: _Problems, environ: Mapping[str, str], base_dir: Path) -> ApiConfig:
@@ -376,7 +380,10 @@ def _api(raw: Any, problems: _Problems, environ: Mapping[str, str], base_dir: Pa
     try:
         parts = urlsplit(base_url)
         netloc = parts.netloc if parts.scheme in ("http", "https") else ""
-    except ValueError:  # an unclosed "[" of an IPv6 address, say
+        # A port that is not a number: a typo, or a password with a "/" in it cut short
+        # ("http://user:pa/ss@host" splits as host "user", port "pa").
+        _ = parts.port
+    except ValueError:  # also an unclosed "[" of an IPv6 address, say
         netloc = ""
     if not netloc:
         problems.add("api.base_url", f"must be an http(s) URL, got {_without_userinfo(base_url)!r}")
@@ -649,7 +656,14 @@ def _load_yaml(text: str, source: str) -> Any:
         duplicates = _duplicate_keys(node)
         if duplicates:
             raise ConfigError(duplicates, source)
-        return loader.construct_document(node)
+        try:
+            return loader.construct_document(node)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+            # A tag the value does not fit ("!!int abc"): the error quotes the value, which
+            # may be a secret's, so only where it is.
+            raise ConfigError(
+                [f"(file): a value does not fit its YAML tag ({type(exc).__name__})"], source
+            ) from None
     finally:
         loader.dispose()
 

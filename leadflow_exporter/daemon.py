@@ -111,6 +111,12 @@ class Daemon:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        # A reload (SIGHUP, or POST /-/reload once the server listens) waits until the start
+        # is done: one arriving half-way would start a second poller that nothing stops.
+        async with self._reload_lock:
+            await self._start()
+
+    async def _start(self) -> None:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=4, ttl_dns_cache=300),
             trust_env=True,
@@ -297,8 +303,12 @@ class Daemon:
         self.exposition.forget_responses()
         self.health.config_reload_time = self.clock.now()
         self._start_poller()
-        await self._render()
         log.info("reloaded")
+        # The new config is in force from here on: a failed render is not a refused reload.
+        try:
+            await self._render()
+        except Exception:
+            log.exception("render_failed")
         return True, "config reloaded"
 
     def _forget_active(self) -> None:

@@ -172,6 +172,19 @@ BAD = {
         "poll.active",
         "duplicate key on line 5 (first set on line 3); set each key once",
     ),
+    "tag-mismatch": ("(file)", "a value does not fit its YAML tag (ValueError)"),
+    "base-url-password-with-slash": (
+        "api.base_url",
+        "must be an http(s) URL, got 'http://<secret>@127.0.0.1:8080/report/v1/leadflow/v2/history'",
+    ),
+    "base-url-malformed-with-password": (
+        "api.base_url",
+        "must be an http(s) URL, got '<secret>@127.0.0.1:8080/history'",
+    ),
+    "base-url-bad-port": (
+        "api.base_url",
+        "must be an http(s) URL, got 'http://127.0.0.1:http/report/v1/leadflow/v2/history'",
+    ),
     # YAML syntax: line and column instead of a key path
     "invalid-yaml": ("line 6, column 1", "found unexpected end of stream"),
     "invalid-indent": (

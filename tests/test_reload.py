@@ -24,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import leadflow_exporter.daemon as daemon_module
 from leadflow_exporter.config import load_config
 from leadflow_exporter.daemon import Daemon
+from leadflow_exporter.exposition import Exposition
 from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, start_simulator
 from tests.harness import wait_for, write_daemon_config
 
@@ -315,3 +316,54 @@ async def test_a_reload_to_active_false_leaves_what_a_fresh_start_shows(
     r.edit("poll", active=True)
     assert await r.reload() == (200, "config reloaded\n")
     await wait_for(live_calls_shown)
+
+
+@pytest.mark.parametrize("slow_first_render", [False, True])
+async def test_a_reload_asked_for_during_the_start_waits_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, slow_first_render: bool
+) -> None:
+    """SIGHUP (or POST /-/reload) while the daemon starts: one poller after, none after stop.
+    Before, the reload could start a poller of its own that the start then replaced, and that
+    nothing stopped."""
+    config_path = write_config(tmp_path / "config.yaml", "http://127.0.0.1:9/history")
+    daemon = Daemon(load_config(config_path), config_path=config_path)
+    render = Exposition.render
+    renders = 0
+
+    def slow(self: Exposition) -> None:
+        nonlocal renders
+        renders += 1
+        if slow_first_render and renders == 1:
+            time.sleep(0.3)  # the reload runs meanwhile
+        render(self)
+
+    monkeypatch.setattr(Exposition, "render", slow)
+    daemon.reload_in_background()
+    await daemon.start()
+    try:
+        await asyncio.sleep(0.5)
+        pollers = [t for t in asyncio.all_tasks() if t.get_name() == "poller" and not t.done()]
+        assert len(pollers) == 1
+        assert daemon.health.config_reload_ok
+    finally:
+        await daemon.stop()
+    await asyncio.sleep(0.1)
+    assert [t for t in asyncio.all_tasks() if t.get_name() == "poller" and not t.done()] == []
+
+
+async def test_a_render_failing_after_the_new_config_applies_is_not_a_refusal(
+    running: Running, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await running.cycles(1)
+
+    async def broken(self: Daemon) -> None:
+        raise RuntimeError("a bug while rendering")
+
+    monkeypatch.setattr(Daemon, "_render", broken)
+    write_config(running.config, running.daemon.config.api.base_url, poll={"interval_seconds": 0.3})
+    ok, message = await running.daemon.reload()
+    # The new interval is in force, and the reload says so.
+    assert (ok, message) == (True, "config reloaded")
+    assert running.daemon.config.poll.interval_seconds == 0.3
+    assert running.daemon.health.config_reload_ok
+    assert running.daemon.poller_alive()
