@@ -111,14 +111,17 @@ class SQLiteStore:
         except OSError as exc:
             # A StateError, not an OSError: the CLI takes a bare OSError for a bind failure.
             # The error names the ancestor that failed, which may lie above the parent.
-            where = exc.filename or self.path.parent
-            # mkdir's own "File exists" would leave the reader wondering why that is a problem.
-            reason = (
-                "it exists but is not a directory"
-                if isinstance(exc, FileExistsError)
-                else _reason(exc)
+            where = Path(exc.filename or self.path.parent)
+            # Name the file in the way when there is one, however far up: mkdir's own "File
+            # exists" or "Not a directory" would leave the reader looking for it.
+            blocker = next(
+                (p for p in (where, *where.parents) if p.exists() and not p.is_dir()), None
             )
-            raise StateError(f"cannot create directory {where}: {reason}") from None
+            if blocker is not None:
+                raise StateError(
+                    f"cannot create directory {where}: {blocker} exists but is not a directory"
+                ) from None
+            raise StateError(f"cannot create directory {where}: {_reason(exc)}") from None
         # The poller writes from a worker thread; close() must never run under a write.
         self._writing = threading.Lock()
         # Before the database is even opened: a second process must not touch the file at all.

@@ -182,13 +182,14 @@ def test_a_parent_that_is_a_file_is_refused_by_name(tmp_path: Path) -> None:
     blocker.write_text("not a directory\n")
     with pytest.raises(StateError) as refused:
         SQLiteStore(blocker / "state.db")
-    assert (
-        str(refused.value) == f"cannot create directory {blocker}: it exists but is not a directory"
+    assert str(refused.value) == (
+        f"cannot create directory {blocker}: {blocker} exists but is not a directory"
     )
-    # Deeper down, the error names the directory that could not be made, not the state file's.
+    # Deeper down, the error names the directory that could not be made and the file in the way.
     with pytest.raises(StateError) as refused:
-        SQLiteStore(blocker / "sub" / "state.db")
-    assert str(refused.value) == f"cannot create directory {blocker / 'sub'}: Not a directory"
+        SQLiteStore(blocker / "sub" / "deeper" / "state.db")
+    assert str(refused.value).startswith(f"cannot create directory {blocker / 'sub'}")
+    assert str(refused.value).endswith(f": {blocker} exists but is not a directory")
     assert blocker.read_text() == "not a directory\n"
 
 
@@ -216,7 +217,7 @@ def test_the_cli_blames_state_path_not_the_listen_address(tmp_path: Path) -> Non
     done = run_exporter(tmp_path, blocker / "state.db")
     assert done.returncode == 1
     assert done.stderr == (
-        f"state.path: cannot create directory {blocker}: it exists but is not a directory\n"
+        f"state.path: cannot create directory {blocker}: {blocker} exists but is not a directory\n"
     )
 
 
