@@ -46,10 +46,13 @@ class QueryResult:
     records: list[CallRecord] = field(default_factory=list)
     raw_count: int = 0
     pages: int = 0
-    invalid: Counter[str] = field(default_factory=Counter)
-    bad_values: Counter[str] = field(default_factory=Counter)
+    # What the pages held that could not be read, as `Page` has them.
     invalid_keys: list[Sighting] = field(default_factory=list)
     bad_value_keys: list[Sighting] = field(default_factory=list)
+
+    @property
+    def invalid(self) -> Counter[str]:
+        return Counter(reason for reason, _ in self.invalid_keys)
 
 
 @dataclass(frozen=True)
@@ -212,8 +215,6 @@ class LeadFlowClient:
             else:
                 await on_page(page.records)
             result.raw_count += page.size
-            result.invalid.update(page.invalid)
-            result.bad_values.update(page.bad_values)
             result.invalid_keys += page.invalid_keys
             result.bad_value_keys += page.bad_value_keys
             # A page longer than asked for means page_size was ignored and everything came back.

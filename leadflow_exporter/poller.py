@@ -194,13 +194,10 @@ class Poller:
         if report.ok:
             health.ready = True
             # A bad record stays within reach of the reads for as long as a call lasts, plus
-            # the overlap and the full read's period after it ends (as in `_prune`).
+            # the span a finished call's start is read again over.
             poll = self.poll
             health.bad_data_seen.cycle_done(
-                math.ceil((poll.max_call_seconds + poll.overlap_seconds) / poll.interval_seconds)
-                + self.full_every
-                + CHEAP_WINDOW_INTERVALS
-                + 2
+                math.ceil((poll.max_call_seconds + self._reread_span) / poll.interval_seconds)
             )
         log.info(
             "poll_cycle",
@@ -448,13 +445,17 @@ class Poller:
                 newest = window_start
         return start, windows
 
+    @property
+    def _reread_span(self) -> float:
+        """How far back from now a window `_plan` may place starts (the full read's)."""
+        return (
+            self.poll.overlap_seconds
+            + (self.full_every + CHEAP_WINDOW_INTERVALS + 2) * self.poll.interval_seconds
+        )
+
     def _prune(self, now: float) -> None:
         """Forget the start times before any window `_plan` may place (the full read's)."""
-        horizon = (
-            now
-            - self.poll.overlap_seconds
-            - (self.full_every + CHEAP_WINDOW_INTERVALS + 2) * self.poll.interval_seconds
-        )
+        horizon = now - self._reread_span
         if self._known_from is not None and self._known_from < horizon:
             self._known_from = horizon
         self._horizon = horizon

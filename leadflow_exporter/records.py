@@ -159,12 +159,20 @@ class CallRecord(msgspec.Struct, gc=False):
 class Page:
     records: list[CallRecord] = field(default_factory=list)
     size: int = 0
-    invalid: Counter[str] = field(default_factory=Counter)
-    bad_values: Counter[str] = field(default_factory=Counter)
-    # What each count is about, so a record read again is not counted again (`Sightings`):
-    # (reason, sid or content hash) per skipped record, (field, sid) per unreadable value.
+    # Each with what it is about, so a record read again is not counted again (`Sightings`):
+    # (reason, the record's key) per skipped record, (field, sid) per unreadable value.
     invalid_keys: list[Sighting] = field(default_factory=list)
     bad_value_keys: list[Sighting] = field(default_factory=list)
+
+    @property
+    def invalid(self) -> Counter[str]:
+        """Skipped records by reason."""
+        return Counter(reason for reason, _ in self.invalid_keys)
+
+    @property
+    def bad_values(self) -> Counter[str]:
+        """Unreadable values by field."""
+        return Counter(name for name, _ in self.bad_value_keys)
 
 
 _TRUE = frozenset({"y", "yes", "true", "1", "t"})
@@ -207,15 +215,13 @@ def _label(value: Scalar) -> str:
 class _Reader:
     """Per-record field readers that note unreadable values instead of failing."""
 
-    __slots__ = ("bad", "keys", "sid")
+    __slots__ = ("keys", "sid")
 
-    def __init__(self, bad: Counter[str], keys: list[Sighting]) -> None:
-        self.bad = bad
+    def __init__(self, keys: list[Sighting]) -> None:
         self.keys = keys
         self.sid = ""  # the record being read
 
     def note(self, name: str) -> None:
-        self.bad[name] += 1
         self.keys.append((name, self.sid))
 
     def number(self, value: Scalar, name: str) -> float:
@@ -281,13 +287,11 @@ def _convert(
 ) -> None:
     sid = raw.sid
     if isinstance(sid, bool) or sid is None or (isinstance(sid, str) and not sid.strip()):
-        page.invalid["missing_sid"] += 1
         page.invalid_keys.append(("missing_sid", unnamed_call_key(partial(getattr, raw), dates)))
         return
     sid_text = sid.strip() if isinstance(sid, str) else _label(sid)
     call_ts = dates.parse(raw.call_date)
     if call_ts is None:
-        page.invalid["bad_call_date"] += 1
         page.invalid_keys.append(("bad_call_date", sid_text))
         return
     reader.sid = sid_text
@@ -438,9 +442,9 @@ def _money_units(value: str | None, name: str, reader: _Reader, cache: dict[str,
     """`reader.money(value, name)`, kept in `cache` (the one for `name`'s rule) when readable."""
     if value is None:
         return 0
-    bad_before = reader.bad[name]
+    bad_before = len(reader.keys)
     units = reader.money(value, name)
-    if reader.bad[name] == bad_before:
+    if len(reader.keys) == bad_before:
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
         cache[value] = units
@@ -497,7 +501,6 @@ def _convert_wire(
         else:
             parsed = _call_ts(call_date, dates, minutes)
             if parsed is None:
-                page.invalid["bad_call_date"] += 1
                 page.invalid_keys.append(("bad_call_date", sid))
                 continue
             call_ts = parsed
@@ -561,9 +564,7 @@ def _decode_fast(body: bytes, dates: CallDateParser, extra_labels: tuple[str, ..
         return None
     page = Page(size=len(wire))
     try:
-        _convert_wire(
-            wire, dates, extra_labels, page, _Reader(page.bad_values, page.bad_value_keys)
-        )
+        _convert_wire(wire, dates, extra_labels, page, _Reader(page.bad_value_keys))
     except _NotWireForm:
         return None
     return page
@@ -573,10 +574,8 @@ def _decode_tolerant(body: bytes, dates: CallDateParser, extra_labels: tuple[str
     """The page read field by field: the reference `_decode_fast` must agree with."""
     raws, malformed = _raw_records(body)
     page = Page(size=len(raws) + len(malformed))
-    if malformed:
-        page.invalid["malformed"] += len(malformed)
-        page.invalid_keys.extend(("malformed", malformed_key(item, dates)) for item in malformed)
-    reader = _Reader(page.bad_values, page.bad_value_keys)
+    page.invalid_keys.extend(("malformed", malformed_key(item, dates)) for item in malformed)
+    reader = _Reader(page.bad_value_keys)
     for raw in raws:
         _convert(raw, dates, extra_labels, page, reader)
     return page
