@@ -80,7 +80,7 @@ class Poller:
         # changes while it is paged through, so one miss can be a call that shifted to an
         # already-read page; two in a row mean it ended.
         self._misses: dict[str, int] = {}
-        # Sids live at the baseline cycle's live-call poll (empty outside that cycle).
+        # Sids seen live before the baseline was read (empty once it was).
         self._baseline_live: set[str] = set()
         # The read schedule. A full read covers [previous full read - overlap, now]: a call
         # never seen in progress that shows up in history up to `overlap_seconds` late is
@@ -145,7 +145,10 @@ class Poller:
             active_counts, active_sids = await self._poll_active(now, followed, report)
 
         counting = self.ledger.has_baseline
-        self._baseline_live = set() if counting else active_sids
+        # Every call seen live since the start, not only at this poll: when the first history
+        # read fails, the calls live at the first poll that end before the retry must still
+        # be counted, not recorded as the baseline.
+        self._baseline_live = set() if counting else set(followed) | active_sids
         # The followed calls that just left (or are still missing from) the live list, by start
         # time, and whether this is the second live poll in a row they are missing from: those
         # must be read this cycle (by a window or by sid), the others may wait for the next.

@@ -243,7 +243,18 @@ class SQLiteStore:
     def _load(self, extra_labels: tuple[str, ...], timezone: str | None) -> Snapshot | None:
         watermark = self._meta("watermark")
         if watermark is None:
-            return None
+            # No baseline was read yet (every history read failed), so nothing was counted;
+            # the calls seen live meanwhile are still counted when they finish.
+            followed = self._followed()
+            if not followed:
+                return None
+            return Snapshot(
+                totals=Totals(),
+                seen={},
+                followed=followed,
+                watermark=None,
+                extra_labels=extra_labels,
+            )
         full_mark = self._meta("full_read")
         covered_from = self._meta("covered_from")
         saved_labels = tuple(json.loads(self._meta("extra_labels") or "[]"))
@@ -274,21 +285,23 @@ class SQLiteStore:
             if keys is None:
                 keys = seen[bucket] = set()
             keys.add(sid_key(sid))
-        followed = {
-            sid: FollowedCall(sid, sid_key(sid), *rest)
-            for sid, *rest in self._db.execute(
-                "SELECT sid, set_name, call_ts, first_seen, last_active FROM followed"
-            )
-        }
         return Snapshot(
             totals=totals,
             seen=seen,
-            followed=followed,
+            followed=self._followed(),
             watermark=float(watermark),
             extra_labels=extra_labels,
             full_mark=None if full_mark is None else float(full_mark),
             covered_from=None if covered_from is None else float(covered_from),
         )
+
+    def _followed(self) -> dict[str, FollowedCall]:
+        return {
+            sid: FollowedCall(sid, sid_key(sid), *rest)
+            for sid, *rest in self._db.execute(
+                "SELECT sid, set_name, call_ts, first_seen, last_active FROM followed"
+            )
+        }
 
     def write_cycle(
         self,

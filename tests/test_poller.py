@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from leadflow_exporter.client import Query, QueryResult
+from leadflow_exporter.client import Query, QueryFailed, QueryResult
 from leadflow_exporter.config import PollConfig
 from leadflow_exporter.ledger import MemoryStore
 from leadflow_exporter.poller import CHEAP_WINDOW_INTERVALS
@@ -474,3 +474,77 @@ async def test_bad_records_are_counted_once_across_outages_and_full_reads(
         counted = {k: n for k, n in seen.counted.items() if type(k[1]) is not object}
         assert len(counted) > 20
         assert {k: n for k, n in counted.items() if n > 1} == {}
+
+
+class _CountedSids:
+    """Wraps `ledger.add` to record which sids were counted (not taken as the baseline)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self.sids: set[str] = set()
+        self._add = ledger.add
+        self._ledger = ledger
+        ledger.add = self.add
+
+    def add(self, batch: Any, records: Iterable[CallRecord], *, count: bool) -> None:
+        records = list(records)
+        new = {r.sid for r in records if not self._ledger.is_seen(r.sid_key, r.call_ts, batch)}
+        self._add(batch, records, count=count)
+        if count:
+            self.sids |= new
+
+
+def _fail_history(h: Any) -> dict[str, bool]:
+    """Make the history queries fail while the returned switch is on."""
+    fetch = h.poller.client.fetch
+    switch = {"on": True}
+
+    async def failing(query: Query, on_page: Any = None) -> QueryResult:
+        if switch["on"] and query.kind == "history":
+            raise QueryFailed("server_error", "HTTP 503")
+        return await fetch(query, on_page)
+
+    h.poller.client.fetch = failing
+    return switch
+
+
+async def test_calls_live_at_the_first_poll_count_when_the_first_history_read_failed() -> None:
+    async with harness(BUSY, sim={"volume": 5.0}) as h:
+        counted = _CountedSids(h.ledger)
+        failing = _fail_history(h)
+        first = await h.cycle()
+        assert not first.ok and not h.ledger.has_baseline
+        live_at_first = set(h.ledger.followed)
+        failing["on"] = False
+        await h.cycle(60)
+        assert h.ledger.has_baseline
+        await h.run_for(600)
+        await h.settle()
+        ended = [h.sim.model.find(sid) for sid in live_at_first]
+        ended = [c for c in ended if c.end <= BUSY + 60 and c.malformed is None]
+        assert len(ended) > 5
+        assert {c.sid for c in ended} <= counted.sids
+
+
+async def test_calls_live_at_the_first_poll_count_after_a_restart_before_any_history_read(
+    tmp_path,
+) -> None:
+    path = tmp_path / "state.db"
+    async with harness(BUSY, store=SQLiteStore(path), sim={"volume": 5.0}) as h:
+        _fail_history(h)
+        assert not (await h.cycle()).ok
+        live_at_first = set(h.ledger.followed)
+        assert live_at_first
+        h.ledger.close()
+    async with harness(BUSY, store=SQLiteStore(path), sim={"volume": 5.0}) as h:
+        assert set(h.ledger.followed) == live_at_first
+        assert not h.ledger.has_baseline
+        counted = _CountedSids(h.ledger)
+        h.clock.advance(60)
+        assert (await h.cycle()).ok
+        await h.run_for(600)
+        await h.settle()
+        ended = [h.sim.model.find(sid) for sid in live_at_first]
+        ended = [c for c in ended if c.end <= BUSY + 60 and c.malformed is None]
+        assert len(ended) > 5
+        assert {c.sid for c in ended} <= counted.sids
+        h.ledger.close()
