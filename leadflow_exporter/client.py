@@ -30,6 +30,9 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 30.0
 RETRY_AFTER_CAP_SECONDS = 300.0
 ERROR_BODY_CHARS = 300
+# No API pages by fewer records than this: a shorter page is the last without a look at the
+# next one, whatever the API's own page size turns out to be.
+SMALLEST_API_PAGE = 10
 
 
 class QueryFailed(Exception):
@@ -117,6 +120,15 @@ class LeadFlowClient:
             if secrets
             else None
         )
+        # Paging, as learnt from the API's answers. A page shorter than `full_page` (or
+        # longer: the API ignored page_size) ends a query only when it is also shorter than
+        # `_last_below` (the longest page seen that was followed by nothing, or a full one) or
+        # than SMALLEST_API_PAGE; any other is followed by one look at the next page, which
+        # tells whether the API pages by a size of its own. A page only reaches a new longest
+        # a few times in a process's life, so this costs a handful of requests, where looking
+        # past every short page would double them.
+        self._api_page_size: int | None = None
+        self._last_below = 0
         self._headers = {
             "Authorization": f"{api.access_key.reveal()}:{api.secret_access_key.reveal()}",
             "x-api-key": api.rate_limit_key.reveal(),
@@ -124,6 +136,27 @@ class LeadFlowClient:
             "Content-Type": "application/json",
             "User-Agent": f"leadflow-exporter/{__version__}",
         }
+
+    # -- paging ----------------------------------------------------------------------------
+
+    @property
+    def full_page(self) -> int:
+        """How many records a page that is not the last one holds."""
+        return self._api_page_size or self.api.page_size
+
+    def _adopt_page_size(self, size: int) -> None:
+        # The reference only guesses the page-size parameter's name: an API that ignores it
+        # pages by a size of its own, and ending a query at the first page shorter than the
+        # one asked for would then skip every later page, with every cycle reported a success.
+        if self._api_page_size != size:
+            log.warning(
+                "api_page_size",
+                asked=self.api.page_size,
+                served=size,
+                detail="the API pages by a size of its own; paging by that size from now on",
+            )
+        self._api_page_size = size
+        self._last_below = size
 
     # -- query building -------------------------------------------------------------------
 
@@ -198,6 +231,9 @@ class LeadFlowClient:
         result = QueryResult()
         page_size = self.api.page_size
         first_sid: str | None = None
+        # The size of the page before this one, when this one is read only to learn whether
+        # the API pages by a size of its own (see `_last_below`).
+        probing: int | None = None
         for page_number in range(1, self.api.max_pages + 1):
             params = dict(query.params)
             if query.kind != "sid":
@@ -205,7 +241,15 @@ class LeadFlowClient:
                 params["page_size"] = str(page_size)
             page = await self._get_page(query.kind, params)
             result.pages += 1
-            if page_number > 1 and page.records and page.records[0].sid == first_sid:
+            repeated = page_number > 1 and bool(page.records) and page.records[0].sid == first_sid
+            if probing is not None:
+                if repeated or page.size == 0:
+                    # That short page was the last: pages shorter than it always are.
+                    self._last_below = max(self._last_below, probing)
+                    return result
+                self._adopt_page_size(probing)
+                probing = None
+            if repeated:
                 # The API ignored `page` and sent the first page again: all there is was read.
                 return result
             if page_number == 1 and page.records:
@@ -217,9 +261,18 @@ class LeadFlowClient:
             result.raw_count += page.size
             result.invalid_keys += page.invalid_keys
             result.bad_value_keys += page.bad_value_keys
-            # A page longer than asked for means page_size was ignored and everything came back.
-            if query.kind == "sid" or page.size != page_size:
+            if query.kind == "sid" or page.size == 0:
                 return result
+            if page.size == self.full_page:
+                # Not the last page, or not known to be: any shorter page is the last.
+                self._last_below = max(self._last_below, page.size)
+            else:
+                if (
+                    page.size < max(self._last_below, SMALLEST_API_PAGE)
+                    or page_number == self.api.max_pages
+                ):
+                    return result
+                probing = page.size
         detail = f"{query.kind} query still had full pages after {self.api.max_pages} pages"
         self._health.api_errors[(query.kind, "page_cap")] += 1
         log.warning(

@@ -432,6 +432,88 @@ async def test_an_api_that_ignores_page_size_is_read_in_one_request(
     assert sids(result) == [f"CA{i:05d}" for i in range(8)]
 
 
+async def test_an_api_paging_by_a_smaller_size_of_its_own_is_read_to_the_end(
+    make_client: Callable[..., LeadFlowClient], api: FakeApi
+) -> None:
+    client = make_client(page_size=50)
+    records = [record(i) for i in range(30)]
+    api.serve = lambda url: reply(body=records[(int(url.query["page"]) - 1) * 12 :][:12])
+    with structlog.testing.capture_logs() as logs:
+        result = await client.fetch(history(client))
+        assert sids(result) == [f"CA{i:05d}" for i in range(30)]
+        assert [s.params["page"] for s in api.seen] == ["1", "2", "3"]
+        assert client.full_page == 12
+        # The next query knows: no look past its first short page, and no second warning.
+        api.seen.clear()
+        records = [record(i) for i in range(100, 125)]
+        result = await client.fetch(history(client))
+        assert sids(result) == [f"CA{i:05d}" for i in range(100, 125)]
+        assert [s.params["page"] for s in api.seen] == ["1", "2", "3"]
+    warnings = [e for e in logs if e["event"] == "api_page_size"]
+    assert [(e["asked"], e["served"]) for e in warnings] == [(50, 12)]
+
+
+async def test_an_api_paging_by_a_larger_size_of_its_own_is_read_to_the_end(
+    make_client: Callable[..., LeadFlowClient], api: FakeApi
+) -> None:
+    client = make_client(page_size=10)
+    records = [record(i) for i in range(70)]
+    api.serve = lambda url: reply(body=records[(int(url.query["page"]) - 1) * 30 :][:30])
+    result = await client.fetch(history(client))
+    assert sids(result) == [f"CA{i:05d}" for i in range(70)]
+    assert [s.params["page"] for s in api.seen] == ["1", "2", "3"]
+    assert client.full_page == 30
+
+
+async def test_a_short_page_is_looked_past_only_when_longer_than_any_before(
+    make_client: Callable[..., LeadFlowClient], api: FakeApi, health: Health
+) -> None:
+    client = make_client(page_size=50)
+    records: list[dict[str, Any]] = []
+    api.serve = lambda url: paged(records)(url)
+    requests = []
+    for size in (20, 15, 20, 9, 25, 24):
+        records[:] = [record(i) for i in range(size)]
+        api.seen.clear()
+        result = await client.fetch(history(client))
+        assert len(result.records) == size
+        requests.append(len(api.seen))
+    # 20: a look at page 2 (empty); 15: shorter than 20, the last; 20: could be a full page of
+    # an API paging by 20, looked past again; 9: below any API's page; 25: a new longest.
+    assert requests == [2, 1, 2, 1, 2, 1]
+    assert client.full_page == 50
+    # A full page tells that every shorter one is the last.
+    records[:] = [record(i) for i in range(60)]
+    api.seen.clear()
+    await client.fetch(history(client))
+    assert [s.params["page"] for s in api.seen] == ["1", "2"]
+    records[:] = [record(i) for i in range(45)]
+    api.seen.clear()
+    await client.fetch(history(client))
+    assert len(api.seen) == 1
+
+
+async def test_an_api_ignoring_page_and_page_size_is_read_once(
+    make_client: Callable[..., LeadFlowClient], api: FakeApi
+) -> None:
+    client = make_client(page_size=10)
+    api.serve = paged([record(i) for i in range(40)], honour_page=False, honour_size=False)
+    result = await client.fetch(history(client))
+    assert sids(result) == [f"CA{i:05d}" for i in range(40)]
+    assert len(api.seen) == 2  # page 2 repeated page 1: all there is was read
+    assert client.full_page == 10
+
+
+async def test_no_look_past_a_short_page_at_the_page_cap(
+    make_client: Callable[..., LeadFlowClient], api: FakeApi
+) -> None:
+    client = make_client(page_size=50, max_pages=1)
+    api.serve = paged([record(i) for i in range(20)])
+    result = await client.fetch(history(client))
+    assert len(result.records) == 20
+    assert len(api.seen) == 1
+
+
 async def test_a_page_with_invalid_records_still_counts_toward_page_size(
     make_client: Callable[..., LeadFlowClient], api: FakeApi
 ) -> None:

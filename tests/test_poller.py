@@ -548,3 +548,16 @@ async def test_calls_live_at_the_first_poll_count_after_a_restart_before_any_his
         assert len(ended) > 5
         assert {c.sid for c in ended} <= counted.sids
         h.ledger.close()
+
+
+async def test_an_api_paging_by_its_own_smaller_size_loses_and_doubles_nothing() -> None:
+    # The reference only guesses the page-size parameter's name; this API ignores it.
+    async with harness(BUSY, sim={"scenario": "own-page-size", "volume": 10.0}) as h:
+        await h.cycle()
+        await h.run_for(3600)
+        await h.settle()
+        truth = h.truth()
+        assert truth["calls_total"] > 2000
+        assert_matches_truth(h.ledger, truth)
+        assert h.poller.client.full_page == 100
+        assert h.sim.stats.records["history"] > 0

@@ -26,7 +26,7 @@ from aiohttp import web
 from leadflow_exporter.simulator.call import Call
 from leadflow_exporter.simulator.model import EASTERN, TrafficModel
 from leadflow_exporter.simulator.render import render
-from leadflow_exporter.simulator.scenarios import SCENARIOS, Schedule, unit
+from leadflow_exporter.simulator.scenarios import OWN_PAGE_SIZE, SCENARIOS, Schedule, unit
 from leadflow_exporter.simulator.truth import compute_truth
 
 HISTORY_PATH = "/report/v1/leadflow/v2/history"
@@ -340,8 +340,9 @@ async def _serve_history(request: web.Request, state: SimulatorState, kind: str)
         return _error(400, str(exc))
     now = state.now()
     calls = select_calls(state, q, now)
-    first = (q.page - 1) * q.page_size
-    records = [render(c, now, state.seed) for c in calls[first : first + q.page_size]]
+    page_size = OWN_PAGE_SIZE if scenario == "own-page-size" else q.page_size
+    first = (q.page - 1) * page_size
+    records = [render(c, now, state.seed) for c in calls[first : first + page_size]]
     state.stats.records[kind] += len(records)
     if scenario == "truncated-bodies":
         u = unit(state.seed, str(n), "truncated")

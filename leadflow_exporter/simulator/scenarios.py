@@ -37,6 +37,10 @@ class Scenario:
     affects_api: bool = False
 
 
+# The page size of the `own-page-size` scenario: smaller than the exporter's default 250, so a
+# client that takes the first page shorter than it asked for as the last one loses calls.
+OWN_PAGE_SIZE = 100
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -65,6 +69,11 @@ SCENARIOS: dict[str, Scenario] = {
             "truncated-bodies",
             "A share of successful API responses is cut off mid-JSON: some with an honest "
             "Content-Length, some by closing the connection before the announced length.",
+            affects_api=True,
+        ),
+        Scenario(
+            "own-page-size",
+            f"The API ignores page_size and serves pages of {OWN_PAGE_SIZE} records.",
             affects_api=True,
         ),
         Scenario(
