@@ -34,6 +34,8 @@ from leadflow_exporter.server import HANDLER_ARGS, ServerState, create_app
 from leadflow_exporter.state import SQLiteStore
 from leadflow_exporter.webconfig import WebConfigWatcher, auth_middleware
 
+PROBE_PATHS = ("/-/healthy", "/-/ready")
+
 log = structlog.get_logger("leadflow_exporter.daemon")
 
 STOP_GRACE_SECONDS = 8.0
@@ -133,7 +135,13 @@ class Daemon:
             followed=lambda: len(self.ledger.followed),
             budget=lambda: (self.budget.used(), self.budget.per_minute),
             watermark=lambda: self.ledger.watermark,
-            middlewares=[auth_middleware(self.web_config.get_config)] if self.web_config else [],
+            # Liveness and readiness say only "Healthy" or "Ready" (or why not): orchestrators'
+            # probes, which carry no credentials, must reach them behind basic auth too.
+            middlewares=[
+                auth_middleware(self.web_config.get_config, unauthenticated_paths=PROBE_PATHS)
+            ]
+            if self.web_config
+            else [],
         )
         self._server_state = state
         app = create_app(state)

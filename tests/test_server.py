@@ -286,3 +286,11 @@ async def test_basic_auth_from_web_config(tmp_path: Path) -> None:
         right = {"Authorization": aiohttp.encode_basic_auth("prom", "s3cret-pass")}
         status, _, body = await r.get("/metrics", headers=right)
         assert status == 200 and b"leadflow_up" in body
+        for path in ("/config", "/", "/-/reload"):
+            status, _, _ = await r.get(path)
+            assert status == 401, path
+        # Orchestrators' probes carry no credentials: the two probe paths answer without them.
+        status, _, body = await r.get("/-/healthy")
+        assert status == 200 and body == b"Healthy\n"
+        status, _, _ = await r.get("/-/ready")
+        assert status in (200, 503)
