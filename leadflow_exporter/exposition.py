@@ -13,6 +13,7 @@ is then answered with ready bytes, and process figures are at most that old.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import zlib
@@ -121,13 +122,71 @@ class Exposition:
         return rendered.gzip_prefix + compressor.compress(tail) + compressor.flush()
 
 
+def _weighted(header: str) -> list[tuple[str, dict[str, str], float]]:
+    """The entries of an Accept or Accept-Encoding header: (value, parameters, q), in order.
+
+    Names and parameter names are compared case-insensitively; an unreadable q counts as 0.
+    """
+    entries = []
+    for part in header.split(","):
+        value, *raw_params = part.split(";")
+        value = value.strip().lower()
+        if not value:
+            continue
+        params: dict[str, str] = {}
+        for raw in raw_params:
+            name, _, param = raw.partition("=")
+            params[name.strip().lower()] = param.strip().strip('"')
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 0.0
+        entries.append((value, params, q if 0.0 <= q <= 1.0 else 0.0))
+    return entries
+
+
+# The OpenMetrics versions the encoder's output satisfies (0.0.1 is what Prometheus 2 also
+# asks for), and the text format's.
+_OPENMETRICS_VERSIONS = frozenset({"", "1.0.0", "0.0.1"})
+_TEXT_VERSIONS = frozenset({"", "0.0.4"})
+
+
+@functools.lru_cache(maxsize=64)
 def wants_openmetrics(accept: str) -> bool:
-    return "application/openmetrics-text" in accept
+    """Whether the best-weighted format the scraper accepts is OpenMetrics (else text).
 
-
-def wants_gzip(accept_encoding: str) -> bool:
-    for part in accept_encoding.split(","):
-        token, _, params = part.strip().partition(";")
-        if token.strip().lower() == "gzip":
-            return params.replace(" ", "") not in ("q=0", "q=0.0", "q=0.00", "q=0.000")
+    Entries are taken by q, highest first, in header order among equals; the first that
+    either format satisfies decides (`*/*` and `text/*` are the text format). Nothing
+    acceptable, or no header: text, as Prometheus's own exporters answer.
+    """
+    ranked = sorted(_weighted(accept), key=lambda entry: -entry[2])
+    for value, params, q in ranked:
+        if q <= 0:
+            break
+        version = params.get("version", "")
+        if value == "application/openmetrics-text" and version in _OPENMETRICS_VERSIONS:
+            return True
+        if value in ("text/plain", "text/*", "*/*") and version in _TEXT_VERSIONS:
+            return False
     return False
+
+
+@functools.lru_cache(maxsize=64)
+def wants_gzip(accept_encoding: str) -> bool:
+    """Whether to gzip: gzip (or `x-gzip`, or `*`) is acceptable, and weighted at least as
+    high as identity where the header weighs identity (by name or by `*`)."""
+    gzip_q: float | None = None
+    identity_q: float | None = None
+    any_q: float | None = None
+    for value, _, q in _weighted(accept_encoding):
+        if value in ("gzip", "x-gzip"):
+            gzip_q = q if gzip_q is None else max(gzip_q, q)
+        elif value == "identity":
+            identity_q = q
+        elif value == "*":
+            any_q = q
+    if gzip_q is None:
+        gzip_q = any_q or 0.0
+    if identity_q is None:
+        identity_q = any_q if any_q is not None else 0.0
+    return gzip_q > 0 and gzip_q >= identity_q
