@@ -560,7 +560,7 @@ class Ledger:
                 existing.merge(delta_totals)
         new_watermark = watermark if watermark is not None else self.watermark
         new_full_mark = full_mark if full_mark is not None else self.full_mark
-        horizon = self._expiry_bucket(new_watermark)
+        horizon = self._expiry_bucket(new_watermark, batch)
         covered_from = self.covered_from
         if covered_from is None and new_watermark is not None:
             covered_from = read_from
@@ -636,10 +636,31 @@ class Ledger:
             floor = max(floor, self.covered_from)
         return floor
 
-    def _expiry_bucket(self, watermark: float | None) -> int:
+    def _expiry_bucket(self, watermark: float | None, batch: CycleBatch | None = None) -> int:
+        """The oldest hour of seen sids kept: the retention back from the watermark, or from
+        the end of the newest hour any call was seen in, whichever is earlier.
+
+        The watermark is the host's clock: one that runs hours ahead for a while (a VM
+        resumed with a stale clock, then corrected) would otherwise expire every sid, and
+        the reads after its correction would count those calls again. Call start times are
+        the API's clock; a bogus future date in one record cannot expire anything either,
+        since the earlier of the two is taken. Quiet hours only keep sids a little longer.
+        """
         if watermark is None:
             return -(2**62)
+        newest = self.newest_call_hour_end(batch)
+        if newest is not None:
+            watermark = min(watermark, newest)
         return bucket_of(watermark - self.retention_seconds)
+
+    def newest_call_hour_end(self, batch: CycleBatch | None = None) -> float | None:
+        """The end of the newest hour a seen (or staged) call started in: by the API's clock,
+        a bound the host's clock, when it runs ahead, must not be trusted past."""
+        newest = max(self.seen, default=None)
+        if batch is not None and batch.new_seen:
+            staged = max(batch.new_seen)
+            newest = staged if newest is None else max(newest, staged)
+        return None if newest is None else float((newest + 1) * BUCKET_SECONDS)
 
     def close(self) -> None:
         self.store.close()

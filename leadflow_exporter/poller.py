@@ -248,6 +248,11 @@ class Poller:
         report.invalid.update(invalid)
         return result
 
+    def _api_bounded(self, now: float) -> float:
+        """`now`, but no later than the end of the hour the newest call seen started in."""
+        newest = self.ledger.newest_call_hour_end()
+        return now if newest is None else min(now, newest)
+
     async def _poll_active(
         self, now: float, followed: dict[str, FollowedCall], report: CycleReport
     ) -> tuple[dict[str, int] | None, set[str]]:
@@ -255,9 +260,11 @@ class Poller:
         sids: set[str] = set()
         results: list[QueryResult] = []
         for set_id in self._set_ids:
+            # From the API's time rather than the host's: a host clock hours ahead would ask
+            # for calls that started in the future, and every live call would look ended.
             query = self.client.window_query(
                 "active",
-                now - self.poll.max_call_seconds,
+                self._api_bounded(now) - self.poll.max_call_seconds,
                 now + QUERY_END_MARGIN_SECONDS,
                 True,
                 set_id,
@@ -300,11 +307,24 @@ class Poller:
         interval = self.poll.interval_seconds
         self._full_read = None
         self._read = []
+        stepped_back = watermark is not None and now < watermark
+        if stepped_back:
+            # The host clock went back (it had run ahead). Every window would start in the
+            # future and read nothing until the clock caught up; read the whole overlap up to
+            # now instead, and let this cycle's commit bring the marks back to now.
+            log.warning(
+                "clock_stepped_back",
+                seconds=round(watermark - now, 3),
+                detail="history read again over the overlap up to now",
+            )
+            watermark = now
+            full_mark = None if full_mark is None else min(full_mark, now)
         # By time rather than by a count of cycles, so that a restart or failed cycles keep
         # the schedule (half an interval of slack for timer jitter).
         full = (
             watermark is None
             or full_mark is None
+            or stepped_back
             or now - full_mark >= (self.full_every - 0.5) * interval
         )
         full_start: float | None = None
@@ -501,13 +521,16 @@ class Poller:
         self._last_look.intersection_update(followed)
         self._misses = {sid: n for sid, n in self._misses.items() if sid in followed}
         overdue_after = self.poll.max_call_seconds + self.poll.overlap_seconds
+        # How old a call is, by a clock the host cannot run far ahead of the API's: a host
+        # clock hours ahead would otherwise give up on every followed call at once.
+        age_now = self._api_bounded(now)
         due: list[FollowedCall] = []
         for sid, call in list(followed.items()):
             if sid in active_sids or self.ledger.is_seen(call.sid_key, call.call_ts, batch):
                 self._misses.pop(sid, None)
                 continue
             misses = self._misses[sid] = self._misses.get(sid, 0) + 1
-            if now - call.call_ts > overdue_after:
+            if age_now - call.call_ts > overdue_after:
                 if sid not in self._last_look:
                     # Overdue, e.g. it finished while the exporter was down: one last look by
                     # sid before giving up, or a restart after downtime would lose it.
@@ -521,7 +544,7 @@ class Poller:
                 log.warning(
                     "followup_abandoned",
                     set_name=call.set_name,
-                    age_seconds=round(now - call.call_ts),
+                    age_seconds=round(age_now - call.call_ts),
                 )
                 continue
             # A call inside a history window of this cycle shows up there once finished; a sid
@@ -538,7 +561,7 @@ class Poller:
             result = await self._run_query("sid", lambda q=query: self.client.fetch(q), report)
             if result is None:
                 continue
-            if now - call.call_ts > overdue_after:
+            if age_now - call.call_ts > overdue_after:
                 self._last_look.add(call.sid)
             report.followups += 1
             records = [r for r in result.records if r.sid == call.sid]

@@ -561,3 +561,43 @@ async def test_an_api_paging_by_its_own_smaller_size_loses_and_doubles_nothing()
         assert_matches_truth(h.ledger, truth)
         assert h.poller.client.full_page == 100
         assert h.sim.stats.records["history"] > 0
+
+
+class _SkewedClock:
+    """The exporter's view of the time: the true clock plus a skew the test sets (the API
+    keeps the true time)."""
+
+    def __init__(self, true: Any) -> None:
+        self.true = true
+        self.skew = 0.0
+
+    def now(self) -> float:
+        return self.true.now() + self.skew
+
+    def monotonic(self) -> float:
+        return self.true.monotonic()
+
+    async def sleep(self, seconds: float) -> None:
+        await self.true.sleep(seconds)
+
+
+@pytest.mark.parametrize(("ahead", "cycles"), [(1800, 1), (6 * 3600, 1), (6 * 3600, 5)])
+async def test_a_host_clock_that_ran_ahead_then_stepped_back_loses_and_doubles_nothing(
+    ahead: float, cycles: int
+) -> None:
+    async with harness(BUSY, sim={"volume": 2.0}) as h:
+        clock = _SkewedClock(h.clock)
+        h.poller.clock = clock
+        await h.cycle()
+        await h.run_for(3600)
+        tracked = h.ledger.tracked()
+        clock.skew = ahead
+        for _ in range(cycles):
+            await h.cycle(60)
+        # Hours ahead expired no seen sid: the newest call start, not the clock, dates them.
+        assert h.ledger.tracked() >= tracked
+        clock.skew = 0
+        await h.run_for(3 * 3600)
+        await h.settle()
+        assert_matches_truth(h.ledger, h.truth())
+        assert h.ledger.watermark is not None and h.ledger.watermark <= h.clock.now()
