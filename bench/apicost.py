@@ -8,7 +8,8 @@ is passed. The simulator counts every request by kind (`GET /_sim/stats`) and kn
 - minimum per interval: the pages needed to read each call that finished in it once,
   `max(1, ceil(finished / 250))` (a poller has to ask to learn there was nothing), plus the
   active poll, `max(1, ceil(active / 250))`;
-- records read per record counted: records the API served / calls the exporter counted;
+- records read per record counted: records the API served / calls the exporter counted, all
+  of them (the live list included) and finished calls only (history and sid queries);
 - calls that outlived the overlap: finished calls longer than `overlap_seconds`. The minimum
   reads each of them on the page of the interval it finished in, but no poller can know which
   page that is: a window by start time reaches back to each one's start (pages of other
@@ -82,6 +83,8 @@ class CostFigures:
     unsettled: int
     margin_seconds: float
     long_calls: int = 0
+    # Of `records_served`, those of history and sid queries (finished calls, not the live list).
+    finished_served: int = 0
 
     @property
     def matches_truth(self) -> bool:
@@ -120,6 +123,10 @@ class CostFigures:
     @property
     def read_per_counted(self) -> float:
         return self.records_served / self.counted if self.counted else float("nan")
+
+    @property
+    def finished_read_per_counted(self) -> float:
+        return self.finished_served / self.counted if self.counted else float("nan")
 
 
 def _pages(count: int) -> int:
@@ -239,6 +246,11 @@ async def measure(
         unsettled=unsettled,
         margin_seconds=margin,
         long_calls=long_calls,
+        finished_served=sum(
+            after["records_served_by_kind"].get(kind, 0)  # type: ignore[attr-defined]
+            - before["records_served_by_kind"].get(kind, 0)  # type: ignore[attr-defined]
+            for kind in ("history", "sid")
+        ),
     )
 
 

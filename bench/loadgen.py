@@ -9,6 +9,7 @@ seconds, whichever comes first.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -49,7 +50,7 @@ class LoadResult:
         if not self.latencies:
             return float("nan")
         ordered = sorted(self.latencies)
-        index = min(len(ordered) - 1, max(0, round(p / 100 * len(ordered) + 0.5) - 1))
+        index = min(len(ordered) - 1, max(0, math.ceil(p / 100 * len(ordered)) - 1))
         return ordered[index]
 
 
@@ -98,7 +99,10 @@ async def _connection(
                 delay = next_send - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
-            started = time.perf_counter()
+            # Paced, a request is timed from when it was due, not from when it could be sent:
+            # while an answer is held up, the requests due meanwhile wait too (as the
+            # scrapers they stand for would), and their wait is part of their latency.
+            started = min(next_send, time.perf_counter()) if interval else time.perf_counter()
             if writer is None:
                 # Servers that close after each answer (HTTP/1.0) pay for a new connection
                 # inside the request's latency, as a scraper would.

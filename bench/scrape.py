@@ -128,3 +128,52 @@ async def catchup(records: int, *, rate: float = 50.0) -> CatchupFigures:
         proc.stdin.close()
         await proc.wait()
     return CatchupFigures(records, pages, elapsed, result)
+
+
+@dataclass
+class RenderFigures:
+    series: int
+    render_seconds: float
+    renders: int
+    scrapes: LoadResult
+
+
+async def during_renders(series: int, *, rate: float, seconds: float) -> RenderFigures:
+    """Scrape latency while the exposition is rendered again and again, back to back.
+
+    A poll cycle renders once per interval (30 s by default) in a worker thread; rendering is
+    pure Python and holds the GIL, so a scrape arriving meanwhile waits for it to let go. Here
+    the renders never stop, so every scrape meets one: the worst case, not the usual one.
+    """
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.serve",
+        "rendering",
+        "--series",
+        str(series),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=300)
+        if not line.startswith(b"port "):
+            raise RuntimeError(f"bench.serve rendering did not start: {line!r}")
+        port = int(line.split()[1])
+        scrapes = await load(
+            port,
+            connections=2,
+            requests=10**9,
+            seconds=seconds,
+            headers=GZIP,
+            rate=rate / 2,
+        )
+        proc.stdin.close()
+        words = (await asyncio.wait_for(proc.stdout.readline(), timeout=120)).split()
+        renders, median = int(words[1]), float(words[3])
+    finally:
+        if not proc.stdin.is_closing():
+            proc.stdin.close()
+        await proc.wait()
+    return RenderFigures(series, median, renders, scrapes)

@@ -9,6 +9,9 @@ figures then show what one exporter process can serve. Modes:
   `generate_latest()` on every request.
 - `catchup`: the whole daemon, polling `--api` (a stub serving a large history), so that scrapes
   can be timed while the catch-up is ingested.
+- `rendering`: `exporter`, rendering again back to back in a worker thread, as a poll cycle
+  does once per interval, so that scrapes can be timed while a render holds the GIL; it
+  prints how long one render takes once it stops.
 
 Each mode prints `port <N>` once it listens, then serves until stdin closes.
 """
@@ -37,7 +40,7 @@ from leadflow_exporter.config import (
     ServerConfig,
     StateConfig,
 )
-from leadflow_exporter.daemon import Daemon
+from leadflow_exporter.daemon import SWITCH_INTERVAL_SECONDS, Daemon
 from leadflow_exporter.ledger import STATUSES
 from leadflow_exporter.logsetup import configure_logging
 from leadflow_exporter.server import HANDLER_ARGS, ServerState, create_app
@@ -93,9 +96,11 @@ async def _until_stdin_closes() -> None:
     await asyncio.to_thread(sys.stdin.read)
 
 
-async def serve_exporter(series: int) -> None:
+async def serve_exporter(series: int, *, rerender: bool = False) -> None:
     daemon = Daemon(bench_config())
     samples = fill(daemon, series)
+    # As `Daemon.start()` sets it (this mode builds the server without starting a poller).
+    sys.setswitchinterval(SWITCH_INTERVAL_SECONDS)
     state = ServerState(
         exposition=daemon.exposition,
         health=daemon.health,
@@ -108,8 +113,26 @@ async def serve_exporter(series: int) -> None:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     print(f"port {port} samples {samples}", flush=True)
+    if not rerender:
+        await _until_stdin_closes()
+        await runner.cleanup()
+        return
+    renders: list[float] = []
+    stop = asyncio.Event()
+
+    async def rendering() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            await asyncio.to_thread(daemon.exposition.render)
+            renders.append(time.perf_counter() - started)
+
+    task = asyncio.create_task(rendering())
     await _until_stdin_closes()
+    stop.set()
+    await task
     await runner.cleanup()
+    renders.sort()
+    print(f"renders {len(renders)} median {renders[len(renders) // 2]:.6f}", flush=True)
 
 
 def serve_baseline(series: int) -> None:
@@ -180,14 +203,14 @@ async def serve_stub(records: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=("exporter", "baseline", "catchup", "stub"))
+    parser.add_argument("mode", choices=("exporter", "baseline", "catchup", "stub", "rendering"))
     parser.add_argument("--series", type=int, default=10_000)
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--api", default="")
     args = parser.parse_args(argv)
     configure_logging("warning", "json")
-    if args.mode == "exporter":
-        asyncio.run(serve_exporter(args.series))
+    if args.mode in ("exporter", "rendering"):
+        asyncio.run(serve_exporter(args.series, rerender=args.mode == "rendering"))
     elif args.mode == "baseline":
         serve_baseline(args.series)
     elif args.mode == "stub":

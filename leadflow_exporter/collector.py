@@ -79,7 +79,9 @@ class LedgerCollector(Collector):
             "Finished LeadFlow calls, each counted once by sid." + CACHED,
             labels=["set_name", "lead_status", *self.extra_labels],
         )
-        for key, count in sorted(totals.calls.items()):
+        # In the order the series first appeared, not sorted: at 100k series a sort is over a
+        # tenth of a second in C, holding the GIL while scrapes wait (Prometheus needs no order).
+        for key, count in totals.calls.items():
             calls.add_metric(list(key), count)
         yield calls
 
