@@ -22,7 +22,13 @@ from leadflow_exporter.health import Health
 from leadflow_exporter.ledger import Ledger, MemoryStore, Store
 from leadflow_exporter.poller import Poller
 from leadflow_exporter.ratebudget import RateBudget
-from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, STATE_KEY, create_app
+from leadflow_exporter.simulator import (
+    DEFAULT_CREDENTIALS,
+    HISTORY_PATH,
+    STATE_KEY,
+    TrafficModel,
+    create_app,
+)
 from leadflow_exporter.simulator.app import SimulatorState
 
 
@@ -56,6 +62,14 @@ class Harness:
 
     def truth(self) -> dict[str, Any]:
         return self.sim.truth(since=self.start, until=self.sim.now())
+
+
+def volume_for(calls_per_second: float, now: float) -> float:
+    """The simulator volume at which calls arrive about `calls_per_second` at `now`: its
+    traffic follows an Eastern-time day, 30 times busier in the afternoon than before dawn, so
+    a fixed volume gives a test too few calls at some hours."""
+    per_minute_at_volume_1 = TrafficModel(volume=1.0).arrival_rate(now)
+    return round(calls_per_second * 60 / per_minute_at_volume_1, 1)
 
 
 def api_config(base_url: str, **overrides: Any) -> ApiConfig:

@@ -28,6 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH
+from tests.harness import volume_for
 
 pytestmark = pytest.mark.e2e
 
@@ -119,6 +120,10 @@ class Stack:
         wait_until(caught_up, 90, "a whole successful cycle after the pause")
 
 
+# About what volume 100 gives on a weekday afternoon, whatever the hour the tests run at.
+CALLS_PER_SECOND = 4.0
+
+
 def start_stack(tmp_path: Path, *, scenario: str = "steady", seed: int = 11) -> Stack:
     sim_port, exporter_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -127,7 +132,8 @@ def start_stack(tmp_path: Path, *, scenario: str = "steady", seed: int = 11) -> 
         [
             sys.executable, "-m", "leadflow_exporter", "simulate",
             "--listen", f"127.0.0.1:{sim_port}", "--scenario", "steady", "--seed", str(seed),
-            "--volume", "100", "--rate-limit", "0", "--slow-seconds", "0.3",
+            "--volume", str(volume_for(CALLS_PER_SECOND, time.time())),
+            "--rate-limit", "0", "--slow-seconds", "0.3",
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip

@@ -49,8 +49,9 @@ from typing import Any
 import pytest
 import yaml
 
-from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH, TrafficModel
+from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH
 from leadflow_exporter.simulator.catalog import SETS_BY_ID
+from tests.harness import volume_for
 
 pytestmark = pytest.mark.e2e
 
@@ -192,12 +193,6 @@ def exporter_config(
     return path
 
 
-def choose_volume(now: float) -> float:
-    """Volume that makes the account finish about TARGET_CALLS_PER_SECOND right now."""
-    per_minute_at_volume_1 = TrafficModel(volume=1.0).arrival_rate(now)
-    return round(TARGET_CALLS_PER_SECOND * 60 / per_minute_at_volume_1, 1)
-
-
 def render_fast_rules(out: Path) -> str:
     subprocess.run(
         [sys.executable, str(RENDER), "--scale", SCALE, "-o", str(out)], check=True, cwd=ROOT
@@ -217,7 +212,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("e2e")
     stack = Stack(tmp)
     try:
-        volume = choose_volume(time.time())
+        volume = volume_for(TARGET_CALLS_PER_SECOND, time.time())
         sim_port = free_port()
         stack.sim_url = f"http://{HOST}:{sim_port}"
         stack.spawn(

@@ -189,7 +189,7 @@ def test_schedule_rejects_unknown_names_and_out_of_order_switches() -> None:
         schedule.switch(50, "steady")
     assert set(SCENARIOS) == {
         "steady", "no-buyer-spike", "affiliate-cap-spike", "api-outage", "rate-limited",
-        "slow", "messy-data", "truncated-bodies",
+        "slow", "messy-data", "truncated-bodies", "own-page-size",
     }  # fmt: skip
 
 
