@@ -230,7 +230,8 @@ class LeadFlowClient:
         """
         result = QueryResult()
         page_size = self.api.page_size
-        first_sid: str | None = None
+        # The sids of the page before, to tell a next page from the same list sent again.
+        previous: set[str] = set()
         # The size of the page before this one, when this one is read only to learn whether
         # the API pages by a size of its own (see `_last_below`).
         probing: int | None = None
@@ -241,7 +242,13 @@ class LeadFlowClient:
                 params["page_size"] = str(page_size)
             page = await self._get_page(query.kind, params)
             result.pages += 1
-            repeated = page_number > 1 and bool(page.records) and page.records[0].sid == first_sid
+            # An API that ignores `page` sends the first page again, or, for a list that
+            # changed meanwhile, nearly the same records: most of them were on the page before.
+            repeated = (
+                page_number > 1
+                and bool(page.records)
+                and 2 * sum(1 for r in page.records if r.sid in previous) > len(page.records)
+            )
             if probing is not None:
                 if repeated or page.size == 0:
                     # That short page was the last: pages shorter than it always are.
@@ -252,8 +259,7 @@ class LeadFlowClient:
             if repeated:
                 # The API ignored `page` and sent the first page again: all there is was read.
                 return result
-            if page_number == 1 and page.records:
-                first_sid = page.records[0].sid
+            previous = {r.sid for r in page.records}
             if on_page is None:
                 result.records.extend(page.records)
             else:

@@ -643,23 +643,33 @@ class Ledger:
         The watermark is the host's clock: one that runs hours ahead for a while (a VM
         resumed with a stale clock, then corrected) would otherwise expire every sid, and
         the reads after its correction would count those calls again. Call start times are
-        the API's clock; a bogus future date in one record cannot expire anything either,
-        since the earlier of the two is taken. Quiet hours only keep sids a little longer.
+        the API's clock; a call dated in the future is not taken for it (see
+        `newest_call_hour_end`). Quiet hours only keep sids a little longer.
         """
         if watermark is None:
             return -(2**62)
-        newest = self.newest_call_hour_end(batch)
+        newest = self.newest_call_hour_end(batch, watermark)
         if newest is not None:
             watermark = min(watermark, newest)
         return bucket_of(watermark - self.retention_seconds)
 
-    def newest_call_hour_end(self, batch: CycleBatch | None = None) -> float | None:
+    def newest_call_hour_end(
+        self, batch: CycleBatch | None = None, watermark: float | None = None
+    ) -> float | None:
         """The end of the newest hour a seen (or staged) call started in: by the API's clock,
-        a bound the host's clock, when it runs ahead, must not be trusted past."""
-        newest = max(self.seen, default=None)
-        if batch is not None and batch.new_seen:
-            staged = max(batch.new_seen)
-            newest = staged if newest is None else max(newest, staged)
+        a bound the host's clock, when it runs ahead, must not be trusted past.
+
+        Hours after the watermark's next one are left out: a call dated in the future is a bad
+        date, and one such record would otherwise keep this in the future for good. (A host
+        clock that runs ahead moves the watermark ahead too, so real hours are never left out.)
+        """
+        if watermark is None:
+            watermark = self.watermark
+        limit = None if watermark is None else bucket_of(watermark) + 1
+        buckets = list(self.seen)
+        if batch is not None:
+            buckets.extend(batch.new_seen)
+        newest = max((b for b in buckets if limit is None or b <= limit), default=None)
         return None if newest is None else float((newest + 1) * BUCKET_SECONDS)
 
     def close(self) -> None:

@@ -242,19 +242,10 @@ class SQLiteStore:
 
     def _load(self, extra_labels: tuple[str, ...], timezone: str | None) -> Snapshot | None:
         watermark = self._meta("watermark")
-        if watermark is None:
-            # No baseline was read yet (every history read failed), so nothing was counted;
-            # the calls seen live meanwhile are still counted when they finish.
-            followed = self._followed()
-            if not followed:
-                return None
-            return Snapshot(
-                totals=Totals(),
-                seen={},
-                followed=followed,
-                watermark=None,
-                extra_labels=extra_labels,
-            )
+        if watermark is None and self._meta("totals") is None:
+            return None
+        # Without a watermark no history read succeeded yet, but cycles may have been saved:
+        # calls seen live (counted when they finish) and calls counted by sid meanwhile.
         full_mark = self._meta("full_read")
         covered_from = self._meta("covered_from")
         saved_labels = tuple(json.loads(self._meta("extra_labels") or "[]"))
@@ -289,7 +280,7 @@ class SQLiteStore:
             totals=totals,
             seen=seen,
             followed=self._followed(),
-            watermark=float(watermark),
+            watermark=None if watermark is None else float(watermark),
             extra_labels=extra_labels,
             full_mark=None if full_mark is None else float(full_mark),
             covered_from=None if covered_from is None else float(covered_from),

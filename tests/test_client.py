@@ -504,6 +504,29 @@ async def test_an_api_ignoring_page_and_page_size_is_read_once(
     assert client.full_page == 10
 
 
+async def test_an_unpaged_list_that_changes_between_requests_is_read_once(
+    make_client: Callable[..., LeadFlowClient], api: FakeApi
+) -> None:
+    # No paging at all, newest first, and a call starts (and the oldest ends) between any two
+    # requests: the first record differs each time, yet nearly all are the same.
+    client = make_client(page_size=250, max_pages=50)
+    live = [record(i) for i in range(100, 140)]
+
+    def serve(url: URL) -> CallbackResult:
+        body = list(live)
+        live.insert(0, record(1000 + len(api.seen)))
+        live.pop()
+        return reply(body=body)
+
+    api.serve = serve
+    with structlog.testing.capture_logs() as logs:
+        result = await client.fetch(history(client))
+    assert len(api.seen) == 2
+    assert sids(result) == [f"CA{i:05d}" for i in range(100, 140)]
+    assert client.full_page == 250
+    assert not [e for e in logs if e["event"] == "api_page_size"]
+
+
 async def test_no_look_past_a_short_page_at_the_page_cap(
     make_client: Callable[..., LeadFlowClient], api: FakeApi
 ) -> None:

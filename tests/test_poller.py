@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 import pytest
 
 from leadflow_exporter.client import Query, QueryFailed, QueryResult
@@ -530,23 +531,32 @@ async def test_calls_live_at_the_first_poll_count_after_a_restart_before_any_his
 ) -> None:
     path = tmp_path / "state.db"
     async with harness(BUSY, store=SQLiteStore(path), sim={"volume": 5.0}) as h:
+        counted_before = _CountedSids(h.ledger)
         _fail_history(h)
         assert not (await h.cycle()).ok
         live_at_first = set(h.ledger.followed)
-        assert live_at_first
+        # Meanwhile calls that left the live list are counted by sid, and saved.
+        for _ in range(5):
+            assert not (await h.cycle(60)).ok
+        saved_calls = dict(h.ledger.totals.calls)
+        assert sum(saved_calls.values()) == len(counted_before.sids) > 0
+        tracked, followed = h.ledger.tracked(), set(h.ledger.followed)
         h.ledger.close()
     async with harness(BUSY, store=SQLiteStore(path), sim={"volume": 5.0}) as h:
-        assert set(h.ledger.followed) == live_at_first
+        # Nothing saved before the first history read is lost by the restart.
+        assert h.ledger.totals.calls == saved_calls
+        assert h.ledger.tracked() == tracked
+        assert set(h.ledger.followed) == followed
         assert not h.ledger.has_baseline
-        counted = _CountedSids(h.ledger)
-        h.clock.advance(60)
+        counted_after = _CountedSids(h.ledger)
+        h.clock.set(BUSY + 360)
         assert (await h.cycle()).ok
         await h.run_for(600)
         await h.settle()
         ended = [h.sim.model.find(sid) for sid in live_at_first]
-        ended = [c for c in ended if c.end <= BUSY + 60 and c.malformed is None]
+        ended = [c for c in ended if c.end <= BUSY + 360 and c.malformed is None]
         assert len(ended) > 5
-        assert {c.sid for c in ended} <= counted.sids
+        assert {c.sid for c in ended} <= counted_before.sids | counted_after.sids
         h.ledger.close()
 
 
@@ -601,3 +611,45 @@ async def test_a_host_clock_that_ran_ahead_then_stepped_back_loses_and_doubles_n
         await h.settle()
         assert_matches_truth(h.ledger, h.truth())
         assert h.ledger.watermark is not None and h.ledger.watermark <= h.clock.now()
+
+
+async def test_a_call_dated_in_the_future_does_not_undo_the_clock_protection() -> None:
+    future = BUSY + 5 * 365 * 86400  # a mistyped year
+    async with harness(BUSY, sim={"volume": 2.0}) as h:
+        clock = _SkewedClock(h.clock)
+        h.poller.clock = clock
+        fetch = h.poller.client.fetch
+        injected = False
+
+        async def with_a_bad_date(query: Query, on_page: Any = None) -> QueryResult:
+            if query.kind != "history" or on_page is None:
+                return await fetch(query, on_page)
+
+            async def page(records: list[CallRecord]) -> None:
+                nonlocal injected
+                if records and not injected and h.ledger.has_baseline:
+                    injected = True
+                    bad = msgspec.structs.replace(
+                        records[0], sid="FUTURE", sid_key=sid_key("FUTURE"), call_ts=future
+                    )
+                    records = [*records, bad]
+                await on_page(records)
+
+            return await fetch(query, page)
+
+        h.poller.client.fetch = with_a_bad_date
+        await h.cycle()
+        await h.run_for(1800)
+        assert injected
+        newest = h.ledger.newest_call_hour_end()
+        assert newest is not None and newest <= h.clock.now() + 3600
+        tracked = h.ledger.tracked()
+        clock.skew = 6 * 3600
+        await h.cycle(60)
+        assert h.ledger.tracked() >= tracked
+        clock.skew = 0
+        await h.run_for(1800)
+        await h.settle()
+        # Every real call counted once; the badly dated record is counted too (it has a sid
+        # and a readable date), as one call more than the truth.
+        assert sum(h.ledger.totals.calls.values()) == h.truth()["calls_total"] + 1
