@@ -295,8 +295,10 @@ def test_each_scenario_ends_equal_to_truth(
                 if n == "leadflow_exporter_invalid_records_total"
             )
 
-        # Only calls that start under the scenario are messy; wait for a malformed one.
-        wait_until(invalid_seen, 60, "a malformed record to be reported")
+        # Only calls that start under the scenario are messy; wait for a malformed one. About
+        # five start a minute, but the traffic is a function of the wall clock, so a minute
+        # without any lasts for every run in it: wait long enough to outlast such a lull.
+        wait_until(invalid_seen, 180, "a malformed record to be reported")
     stack.settle()
     truth = assert_metrics_equal_truth(stack)
     assert truth["calls_total"] > 0
