@@ -23,10 +23,9 @@ class ScrapeFigures:
     baseline: LoadResult
 
 
-@contextlib.asynccontextmanager
-async def server(*args: str) -> AsyncIterator[int]:
-    """Start `python -m bench.serve ARGS`; yields its port; stops it by closing its stdin."""
-    proc = await asyncio.create_subprocess_exec(
+async def _spawn(*args: str) -> asyncio.subprocess.Process:
+    """`python -m bench.serve ARGS` in a process of its own, talked to through stdin/stdout."""
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench.serve",
@@ -34,6 +33,12 @@ async def server(*args: str) -> AsyncIterator[int]:
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
+
+
+@contextlib.asynccontextmanager
+async def server(*args: str) -> AsyncIterator[int]:
+    """Start `python -m bench.serve ARGS`; yields its port; stops it by closing its stdin."""
+    proc = await _spawn(*args)
     assert proc.stdout is not None and proc.stdin is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=300)
@@ -89,16 +94,7 @@ async def catchup(records: int, *, rate: float = 50.0) -> CatchupFigures:
     250; scrapes arrive at `rate` per second, open loop, as Prometheus servers send them, so
     what is measured is latency under that load rather than throughput.
     """
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.serve",
-        "stub",
-        "--records",
-        str(records),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    proc = await _spawn("stub", "--records", str(records))
     assert proc.stdout is not None and proc.stdin is not None
     try:
         words = (await asyncio.wait_for(proc.stdout.readline(), timeout=300)).split()
@@ -145,16 +141,7 @@ async def during_renders(series: int, *, rate: float, seconds: float) -> RenderF
     pure Python and holds the GIL, so a scrape arriving meanwhile waits for it to let go. Here
     the renders never stop, so every scrape meets one: the worst case, not the usual one.
     """
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.serve",
-        "rendering",
-        "--series",
-        str(series),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    proc = await _spawn("rendering", "--series", str(series))
     assert proc.stdout is not None and proc.stdin is not None
     try:
         line = await asyncio.wait_for(proc.stdout.readline(), timeout=300)
