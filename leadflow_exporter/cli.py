@@ -100,6 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=24.0,
         help="hours of traffic that exist before the start",
     )
+    simulate.add_argument(
+        "--buyers-always-open",
+        action="store_true",
+        help="buyers keep no hours: the daytime call mix at any hour",
+    )
     return parser
 
 
@@ -183,6 +188,7 @@ async def _serve_simulator(args: argparse.Namespace) -> int:
         rate_limit_per_minute=args.rate_limit,
         slow_seconds=args.slow_seconds,
         history_hours=args.history_hours,
+        buyers_always_open=args.buyers_always_open,
     )
     print(
         f"LeadFlow simulator on {sim.url} (scenario {args.scenario}, seed {args.seed})", flush=True

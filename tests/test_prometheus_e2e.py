@@ -69,6 +69,9 @@ HOST = "127.0.0.1"
 SCALE = "1/60"
 # Finished calls per second the whole simulated account should produce during the test.
 TARGET_CALLS_PER_SECOND = 12.0
+# Spikes fire 30-60 s after the switch (refused calls finish 20-57 s after they start); a
+# busy CI machine, where two exporters, the simulator and Prometheus share two CPUs, adds more.
+SPIKE_WAIT_SECONDS = 150
 MIN_CALLS = 10  # the spike alerts' volume guard (checked against the rendered rules below)
 
 # Grafana template variables for the Prometheus HTTP API. "All" of a multi-value variable with
@@ -218,7 +221,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         stack.spawn(
             "simulator",
             [*cli, "simulate", "--listen", f"{HOST}:{sim_port}", "--scenario", "steady",
-             "--seed", "11", "--volume", str(volume), "--rate-limit", "0"],
+             "--seed", "11", "--volume", str(volume), "--rate-limit", "0",
+             # After buyers' hours a third of the calls already find no buyer, and a spike of
+             # the size the rules can see in 4 s at this volume would not stand out: keep the
+             # daytime mix at any hour (docs/backtest.md covers detection after hours).
+             "--buyers-always-open"],
         )  # fmt: skip
         wait_until("simulator up", lambda: http("GET", stack.sim_url + "/_sim/clock"), 20)
 
@@ -359,7 +366,7 @@ def _spike(stack: Stack, scenario: str, alert: str, set_names: set[str]) -> floa
         fired = wait_until(
             f"{alert} firing after {scenario}",
             lambda: stack.firing(alert, instance=stack.main_target, job="leadflow"),
-            100,
+            SPIKE_WAIT_SECONDS,
         )
         delay = time.monotonic() - onset
     finally:
@@ -375,14 +382,14 @@ def _spike(stack: Stack, scenario: str, alert: str, set_names: set[str]) -> floa
 def test_no_buyer_spike_fires(stack: Stack) -> None:
     target = SETS_BY_ID[102].name  # the scenario's set
     delay = _spike(stack, "no-buyer-spike", "LeadFlowNoBuyerSpike", {target})
-    assert delay < 100, delay
+    assert delay < SPIKE_WAIT_SECONDS, delay
 
 
 def test_affiliate_cap_spike_fires(stack: Stack) -> None:
     # "ClickSpring Media" sends calls to these two sets.
     sets = {SETS_BY_ID[101].name, SETS_BY_ID[103].name}
     delay = _spike(stack, "affiliate-cap-spike", "LeadFlowAffiliateCapSpike", sets)
-    assert delay < 100, delay
+    assert delay < SPIKE_WAIT_SECONDS, delay
 
 
 def test_api_outage_is_counted(stack: Stack) -> None:

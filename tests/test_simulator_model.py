@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -265,3 +265,18 @@ def test_truth_excludes_malformed_calls() -> None:
     ended = list(model.calls_ending_between(T0 - 6 * HOUR, T0))
     assert any(c.malformed for c in ended)
     assert truth["calls_total"] == sum(1 for c in ended if not c.malformed)
+
+
+def test_buyers_always_open_keeps_the_daytime_mix_after_hours() -> None:
+    # Friday 23:00 Eastern: buyers closed at 21:00.
+    night = datetime(2026, 11, 28, 4, 0, tzinfo=UTC).timestamp()
+    closed = TrafficModel(seed=3, volume=200.0)
+    open_ = TrafficModel(seed=3, volume=200.0, buyers_always_open=True)
+
+    def no_buyer_share(model: TrafficModel) -> float:
+        calls = list(model.calls_between(night, night + 600))
+        return sum(c.lead_status == "No Buyer" for c in calls) / len(calls)
+
+    assert not TrafficModel.buyers_open(night)
+    assert no_buyer_share(closed) > 0.3
+    assert no_buyer_share(open_) < 0.15

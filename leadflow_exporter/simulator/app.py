@@ -97,6 +97,7 @@ class SimulatorState:
         credentials: Credentials = DEFAULT_CREDENTIALS,
         slow_seconds: float = 3.0,
         history_hours: float = 24,
+        buyers_always_open: bool = False,
     ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(f"unknown scenario {scenario!r}; known: {', '.join(SCENARIOS)}")
@@ -119,6 +120,7 @@ class SimulatorState:
             volume=volume,
             schedule=Schedule([(self.traffic_start, scenario)]),
             traffic_start=self.traffic_start,
+            buyers_always_open=buyers_always_open,
         )
         self.stats = Stats()
         self._request_number = 0
@@ -483,6 +485,7 @@ def create_app(
     credentials: Credentials = DEFAULT_CREDENTIALS,
     slow_seconds: float = 3.0,
     history_hours: float = 24,
+    buyers_always_open: bool = False,
 ) -> web.Application:
     """The simulator as an aiohttp app; its state is ``app[STATE_KEY]``."""
     return app_for_state(
@@ -495,6 +498,7 @@ def create_app(
             credentials=credentials,
             slow_seconds=slow_seconds,
             history_hours=history_hours,
+            buyers_always_open=buyers_always_open,
         )
     )
 

@@ -84,11 +84,15 @@ class TrafficModel:
         volume: float = 1.0,
         schedule: Schedule | Iterable[tuple[float, str]] | None = None,
         traffic_start: float | None = None,
+        buyers_always_open: bool = False,
     ) -> None:
         if volume < 0:
             raise ValueError("volume must not be negative")
         self.seed = seed
         self.volume = volume
+        # Buyers keep no hours: the call mix stays the daytime one at any hour (tests that
+        # need a spike to stand out against a low No Buyer share, whenever they run).
+        self.buyers_always_open = buyers_always_open
         self.schedule = schedule if isinstance(schedule, Schedule) else Schedule(schedule or ())
         self.traffic_start = traffic_start
         self._base_minute = functools.lru_cache(maxsize=_MINUTE_CACHE_SIZE)(self._generate)
@@ -122,7 +126,7 @@ class TrafficModel:
         base = minute * 60
         count = _poisson(rng, self.arrival_rate(base + 30))
         starts = sorted(base + rng.randrange(60) for _ in range(count))
-        is_open = self.buyers_open(base)
+        is_open = self.buyers_always_open or self.buyers_open(base)
         return tuple(
             self._make_call(rng, minute, index, start, is_open)
             for index, start in enumerate(starts)
