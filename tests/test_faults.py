@@ -39,7 +39,7 @@ from leadflow_exporter.daemon import STOP_GRACE_SECONDS
 from leadflow_exporter.ratebudget import RateBudget
 from leadflow_exporter.simulator import DEFAULT_CREDENTIALS, HISTORY_PATH
 from leadflow_exporter.state import SQLiteStore
-from tests.harness import Harness, harness
+from tests.harness import Harness, harness, volume_for
 from tests.truth import truth_view
 
 # A Tuesday morning, Eastern time: busy enough that every status appears.
@@ -402,7 +402,9 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "--rate-limit",
             "0",
             "--volume",
-            "20",
+            # About what volume 20 gives on a weekday afternoon, whatever the hour (at 20 an
+            # evening run counted no call at all).
+            str(volume_for(1.0, time.time())),
             "--seed",
             "11",
         ],
