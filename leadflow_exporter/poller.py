@@ -259,12 +259,13 @@ class Poller:
         counts: Counter[str] = Counter()
         sids: set[str] = set()
         results: list[QueryResult] = []
+        # From the API's time rather than the host's: a host clock hours ahead would ask for
+        # calls that started in the future, and every live call would look ended.
+        start = self._api_bounded(now) - self.poll.max_call_seconds
         for set_id in self._set_ids:
-            # From the API's time rather than the host's: a host clock hours ahead would ask
-            # for calls that started in the future, and every live call would look ended.
             query = self.client.window_query(
                 "active",
-                self._api_bounded(now) - self.poll.max_call_seconds,
+                start,
                 now + QUERY_END_MARGIN_SECONDS,
                 True,
                 set_id,
